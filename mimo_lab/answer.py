@@ -1,0 +1,51 @@
+"""Final-answer extraction from a model's answer text (shared by Trace and the benchmark grader).
+
+Rules, in order (the first that matches wins; each returns the answer and the rule's name):
+1. `boxed`: the content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced;
+2. `gsm8k`: the text after the last `#### `;
+3. `the_answer_is`: what follows the last "the answer is" / "final answer:", to the end of the line;
+4. `last_number`: the last number in the text (integers, decimals, fractions a/b, negatives).
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_ANSWER_IS = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:：])\s*:?\s*(.+)", re.IGNORECASE)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` / `\\fbox{...}` with balanced braces, or None."""
+    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
+    for start in reversed(starts):
+        depth, i = 1, start
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            return text[start : i - 1].strip()
+    return None
+
+
+def extract_answer(text: str) -> tuple[str | None, str | None]:
+    """(answer, rule) from an answer text; (None, None) when nothing looks like an answer."""
+    if not text:
+        return None, None
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed, "boxed"
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1].strip().splitlines()
+        if tail and tail[0].strip():
+            return tail[0].strip().replace(",", ""), "gsm8k"
+    matches = list(_ANSWER_IS.finditer(text))
+    if matches:
+        value = matches[-1].group(1).strip().rstrip(".").strip()
+        value = value.strip("$ ").strip()
+        if value:
+            return value, "the_answer_is"
+    numbers = _NUMBER.findall(text)
+    if numbers:
+        return numbers[-1].replace(",", ""), "last_number"
+    return None, None

@@ -1,0 +1,322 @@
+"""Lab: a loaded model, its tokenizer, its card and an nnsight wrapper; load() builds one.
+
+`load()` checks everything it can (device, dtype, folder, config, shards) before it reads any
+weights, and never executes code shipped with a checkpoint: MiMo loads through mimo_lab's own
+classes, every other model type through the classes transformers ships.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from mimo_lab import generation
+from mimo_lab.models.cards import NANO_CARD, ModelCard, card_for
+from mimo_lab.models.mimo import MiMoConfig, MiMoForCausalLM
+from mimo_lab.nano import CHECKPOINT as NANO_CHECKPOINT
+from mimo_lab.nano import NAME as NANO_NAME
+from mimo_lab.trace import Trace
+
+NANO_ALIASES = {None, "nano", "mimo-nano", NANO_NAME.lower()}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto"/None: cuda when present, else cpu; also "cpu", "cuda", "cuda:N"."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(device)
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {text!r} requested, but this machine has no CUDA GPU: use device='cpu' or 'auto'")
+        index = int(text[5:]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {text!r} out of range: this machine has {torch.cuda.device_count()} GPU(s)")
+        return torch.device(text)
+    raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto"/None: bfloat16 on a GPU, float32 on the CPU; or float32 / bfloat16 / float16."""
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_checkpoint(name_or_path: str, revision: str | None = None) -> Path:
+    """A local folder holding config.json: the folder itself, or the hub id's cached snapshot."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{name_or_path!r} is a file: pass the checkpoint folder (the one holding config.json)")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"folder {str(path)!r} has no config.json: it is not a model checkpoint")
+        return path
+    if name_or_path.count("/") != 1 or name_or_path.startswith(("/", ".", "~")):
+        raise ValueError(f"{name_or_path!r} is neither an existing folder nor a hub id of the form 'owner/name'")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name_or_path, revision=revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if _offline():
+        raise ValueError(f"{name_or_path!r} is not in the local Hugging Face cache and the hub is offline "
+                         f"(HF_HUB_OFFLINE=1): download it first (`hf download {name_or_path}`) or pass a local folder")
+    try:
+        return Path(snapshot_download(name_or_path, revision=revision,
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
+    except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
+        raise ValueError(f"could not fetch {name_or_path!r} from the hub ({type(err).__name__}: {err}); "
+                         "it is not in the local cache either. Check the name, the network, or pass a local folder") from err
+
+
+def check_shards(folder: Path) -> list[Path]:
+    """Every safetensors shard the folder's index names exists and is whole (header and size)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        names = [p.name for p in sorted(folder.glob("*.safetensors"))]
+    if not names:
+        raise ValueError(f"folder {str(folder)!r} has no safetensors weights (model.safetensors or shards + index)")
+    shards = []
+    for name in names:
+        shard = folder / name
+        if not shard.is_file():
+            raise ValueError(f"shard {name!r} named in {index.name} is missing from {str(folder)!r}")
+        size = shard.stat().st_size
+        try:
+            with shard.open("rb") as f:
+                header_len = struct.unpack("<Q", f.read(8))[0]
+                if header_len > size - 8:
+                    raise ValueError("header longer than the file")
+                header = json.loads(f.read(header_len))
+            data_end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"shard {str(shard)!r} is truncated or corrupt: its safetensors header does not "
+                             f"parse ({err})") from err
+        if 8 + header_len + data_end != size:
+            raise ValueError(f"shard {str(shard)!r} is truncated or corrupt: {size} bytes on disk, its header "
+                             f"describes {8 + header_len + data_end}")
+        shards.append(shard)
+    return shards
+
+
+def _model_class(model_type: str, folder: Path):
+    if model_type == "mimo":
+        return MiMoConfig, MiMoForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"unsupported model_type {model_type!r} in {str(folder / 'config.json')!r}: mimo_lab loads "
+                         "'mimo' and the causal LMs transformers ships natively (qwen2, qwen3, llama, "
+                         "mimo_v2_flash, ...); it never runs code shipped with a checkpoint")
+    return AutoConfig, AutoModelForCausalLM
+
+
+# ----------------------------------------------------------------------------- Lab
+
+
+class Lab:
+    """A model ready to look into: `.model` (torch), `.tokenizer`, `.card`, `.nn` (nnsight)."""
+
+    def __init__(self, model, tokenizer, card: ModelCard, name: str, revision: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.card = card
+        self.name = name
+        self.revision = revision
+        self._nn = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"Lab({self.name!r}, {params / 1e6:.1f}M parameters, {self.model.config.num_hidden_layers} layers, "
+                f"device={self.device}, dtype={self.model.dtype})")
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def has_mtp(self) -> bool:
+        return hasattr(self.model, "mtp_predictions") and len(getattr(self.model.model, "mtp_layers", [])) > 0
+
+    @property
+    def nn(self):
+        """nnsight 0.8 `TransformersModel` around the loaded module (no second load)."""
+        if self._nn is None:
+            from nnsight.modeling.transformers import TransformersModel
+
+            self._nn = TransformersModel(self.model, tokenizer=self.tokenizer)
+        return self._nn
+
+    # ------------------------------------------------------------------ prompts
+    def format_prompt(self, prompt: str | list[dict], system: str | None = None) -> str:
+        """The text the model sees: the chat template applied, the assistant turn opened."""
+        if isinstance(prompt, str):
+            system = self.card.system_prompt if system is None else system
+            messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+                {"role": "user", "content": prompt}]
+        elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+            messages = prompt
+        else:
+            raise ValueError(f"prompt must be a string or a list of chat messages ({{'role', 'content'}}), "
+                             f"got {type(prompt).__name__}")
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.card.chat_format == "chatml":
+            body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            return body + "<|im_start|>assistant\n"
+        return "\n\n".join(m["content"] for m in messages)
+
+    def _sampling(self, sampling: dict) -> generation.Sampling:
+        allowed = {"temperature", "top_p", "top_k", "max_new_tokens", "greedy"}
+        unknown = set(sampling) - allowed
+        if unknown:
+            raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}: use {sorted(allowed)}")
+        return generation.resolve_sampling(self.card, context_length=self.card.context_length, **sampling)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt_or_prompts, *, seed: int | None = None, mtp: bool | None = None,
+                 batch_size: int = 16, system: str | None = None, **sampling) -> Trace | list[Trace]:
+        """Generate a Trace (a list of them for a list of prompts) with per-token analytics.
+
+        sampling: temperature, top_p, top_k, max_new_tokens, greedy (defaults: the card's).
+        seed: the sample's seed (prompt i of a list uses seed + i); None draws one (recorded).
+        mtp: run the MTP head over the finished trace (default: when the model has one).
+        """
+        single = isinstance(prompt_or_prompts, str) or (
+            isinstance(prompt_or_prompts, list) and prompt_or_prompts and isinstance(prompt_or_prompts[0], dict))
+        prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
+        if not prompts:
+            raise ValueError("no prompts given: pass a string or a non-empty list of strings")
+        if seed is not None and (not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer or None")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size {batch_size!r} is not allowed: use an integer >= 1")
+        settings = self._sampling(sampling)
+        texts = [self.format_prompt(p, system) for p in prompts]
+        base = generation.draw_seed() if seed is None else seed
+        seeds = [base + i for i in range(len(prompts))]
+        with_mtp = self.has_mtp if mtp is None else bool(mtp and self.has_mtp)
+        traces: list[Trace] = []
+        with self._lock:
+            for start in range(0, len(prompts), batch_size):
+                part = slice(start, start + batch_size)
+                traces += generation.generate_traces(
+                    self.model, self.tokenizer, texts[part], prompts[part], sampling=settings, seeds=seeds[part],
+                    model_name=self.name, revision=self.revision, card=self.card, with_mtp=with_mtp,
+                    add_special_tokens=not self.tokenizer.chat_template)
+        return traces[0] if single else traces
+
+    def stream(self, prompt: str | list[dict], *, seed: int | None = None, system: str | None = None,
+               **sampling) -> Iterator[generation.StreamToken]:
+        """Yield tokens as they are generated. Leaving the loop early stops generation at once;
+        the finished Trace is then at `lab.last_trace`."""
+        settings = self._sampling(sampling)
+        text = self.format_prompt(prompt, system)
+        seed = generation.draw_seed() if seed is None else seed
+        tokens: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        done = object()
+        result: dict = {}
+
+        def worker():
+            try:
+                with self._lock:
+                    result["trace"] = generation.generate_traces(
+                        self.model, self.tokenizer, [text], [prompt], sampling=settings, seeds=[seed],
+                        model_name=self.name, revision=self.revision, card=self.card, with_mtp=False,
+                        on_token=tokens.put, stop_event=stop, add_special_tokens=not self.tokenizer.chat_template)[0]
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+                result["error"] = err
+            finally:
+                tokens.put(done)
+
+        thread = threading.Thread(target=worker, name="mimo-lab-stream", daemon=True)
+        thread.start()
+        try:
+            while (item := tokens.get()) is not done:
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+            self.last_trace = result.get("trace")
+        if "error" in result:
+            raise result["error"]
+
+    last_trace: Trace | None = None
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = None, dtype=None,
+         revision: str | None = None) -> Lab:
+    """Load a model into a Lab. No argument: MiMo-nano on the CPU, offline.
+
+    name_or_path: a local checkpoint folder, or a hub id (read from the local cache when offline).
+    device: "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N".
+    dtype: "auto" (bf16 on a GPU, fp32 on the CPU), "float32", "bfloat16", "float16".
+    """
+    from transformers import AutoTokenizer, GenerationConfig
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    is_nano = name_or_path is None or str(name_or_path).lower() in NANO_ALIASES
+    if is_nano:
+        folder, name = NANO_CHECKPOINT, NANO_NAME
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"MiMo-nano's weights are missing from {folder}: reinstall mimo_lab or run "
+                                    "`mimo-lab nano train --out DIR` and load DIR")
+    else:
+        name = str(name_or_path)
+        folder = resolve_checkpoint(name, revision)
+    config_dict = json.loads((folder / "config.json").read_text())
+    model_type = config_dict.get("model_type")
+    config_class, model_class = _model_class(model_type, folder)
+    check_shards(folder)
+
+    config = config_class.from_pretrained(folder, trust_remote_code=False)
+    model = model_class.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa",
+                                        trust_remote_code=False)
+    model.to(torch_device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation_config = None
+    card = NANO_CARD if is_nano else card_for(name, config, tokenizer, generation_config)
+    return Lab(model, tokenizer, card, name, revision)

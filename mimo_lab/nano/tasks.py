@@ -1,0 +1,405 @@
+"""MiMo-nano's world: seeded problems with verifiable answers, and reasoning traces to learn from.
+
+Six families, each with difficulty levels 1–5. Levels 1–3 are the training difficulty; 4 and 5
+go beyond it (more digits, longer lists, longer words), where the trained model really fails.
+
+A target trace reads like a reasoning model's: `<think>`, steps in words and digits, a check,
+and sometimes a slip followed by "Wait, ..." and its correction; then `</think>` and a short
+answer ending in `\\boxed{...}`. Slips are frequent (and the model learns to make them) where
+the digits 7 and 8 meet, rare elsewhere, so some greedy traces backtrack too.
+
+A tenth of all problems (by a hash of family and operands) is held out: training never draws
+them, evaluation draws only them, so measured accuracy is on problems never seen in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+FAMILIES = ("addition", "subtraction", "multiplication", "linear_equation", "letter_count", "sorting")
+TRAIN_LEVELS = (1, 2, 3)
+ALL_LEVELS = (1, 2, 3, 4, 5)
+PLACES = ("Ones", "Tens", "Hundreds", "Thousands", "Ten-thousands", "Hundred-thousands", "Millions",
+          "Ten-millions", "Hundred-millions")
+
+HARD_SLIP_RATE = 0.6  # chance of a slip at a step where 7 and 8 meet (above 1/2: greedy slips too)
+RANDOM_SLIP_RATE = 0.08  # chance that a trace slips at one random step elsewhere
+
+# Digits of the operands by level (addition / subtraction: the longer operand's digit count).
+_ADD_DIGITS = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6}
+# Multiplication: (digits of the first factor, digits of the second).
+_MUL_DIGITS = {1: (2, 1), 2: (2, 2), 3: (3, 2), 4: (3, 3), 5: (4, 4)}
+# Linear equation a*x + b = c: ranges of a, x, b.
+_EQ_RANGES = {1: (5, 9, 9), 2: (9, 12, 20), 3: (9, 12, 50), 4: (19, 50, 99), 5: (49, 99, 999)}
+# Letter counting: word length range.
+_WORD_LENGTHS = {1: (3, 5), 2: (6, 8), 3: (9, 11), 4: (12, 15), 5: (16, 20)}
+# Sorting: (list length range, largest number).
+_SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 5), 99), 3: ((6, 6), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
+
+_WORDS = """
+cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
+apple berry lemon melon grape olive peach mango onion bread chair table plant river stone
+cloud storm ocean beach tiger zebra horse sheep mouse eagle robin piano radio
+banana cherry orange carrot garden pepper butter rabbit turtle monkey parrot pencil window
+rocket planet silver yellow purple summer winter spring autumn bottle bubble pillow kitten
+strawberry blueberry raspberry pineapple butterfly alligator crocodile dinosaur elephant kangaroo
+mississippi tennessee committee bookkeeper successful assessment possession parallel
+umbrella sandwich triangle mountain hospital computer keyboard notebook calendar elevator
+chocolate telephone newspaper adventure basketball volleyball skateboard helicopter
+""".split()
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: its family, level, operands, prompt and the exact answer (a string)."""
+
+    family: str
+    level: int
+    operands: tuple
+    prompt: str
+    answer: str
+    uid: str = field(default="")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A problem with its target completion (thinking + answer), as the model should write it."""
+
+    problem: Problem
+    completion: str
+    slipped: bool
+
+
+def _check_family_level(family: str, level: int) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown task family {family!r}: choose one of {', '.join(FAMILIES)}")
+    if level not in ALL_LEVELS:
+        raise ValueError(f"difficulty level {level!r} out of range: levels are 1–5 (1–3 = training difficulty)")
+
+
+def _uid(family: str, operands: tuple) -> str:
+    return hashlib.sha1(f"{family}:{operands!r}".encode()).hexdigest()[:12]
+
+
+def is_held_out(family: str, operands: tuple) -> bool:
+    """True for the tenth of problems reserved for evaluation (never drawn in training)."""
+    return int(_uid(family, operands), 16) % 10 == 0
+
+
+def _rand_digits(rng: random.Random, digits: int) -> int:
+    return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
+
+
+def _pseudo_word(rng: random.Random, length: int) -> str:
+    # Alternate consonant-ish and vowel-ish runs so pseudo-words look like words.
+    vowels, consonants = "aeiou", "bcdfghjklmnprstvwy"
+    return "".join(rng.choice(vowels if i % 2 else consonants) if rng.random() < 0.8 else rng.choice(_LETTERS)
+                   for i in range(length))
+
+
+def _draw_operands(family: str, level: int, rng: random.Random) -> tuple:
+    if family in ("addition", "subtraction"):
+        digits = _ADD_DIGITS[level]
+        a = _rand_digits(rng, digits)
+        b = _rand_digits(rng, rng.randint(1, digits))
+        if family == "subtraction" and b > a:
+            a, b = b, a
+        return (a, b)
+    if family == "multiplication":
+        da, db = _MUL_DIGITS[level]
+        return (_rand_digits(rng, da), max(2, _rand_digits(rng, db)))
+    if family == "linear_equation":
+        a_max, x_max, b_max = _EQ_RANGES[level]
+        a, x, b = rng.randint(2, a_max), rng.randint(1, x_max), rng.randint(1, b_max)
+        minus = level >= 3 and rng.random() < 0.5 and a * x > b
+        return (a, -b if minus else b, a * x + (-b if minus else b))
+    if family == "letter_count":
+        lo, hi = _WORD_LENGTHS[level]
+        real = [w for w in _WORDS if lo <= len(w) <= hi]
+        word = rng.choice(real) if real and rng.random() < 0.3 else _pseudo_word(rng, rng.randint(lo, hi))
+        letter = rng.choice(word) if rng.random() < 0.8 else rng.choice(_LETTERS)
+        return (letter, word)
+    (lo, hi), largest = _SORT_SIZES[level]
+    return tuple(rng.sample(range(1, largest + 1), rng.randint(lo, hi)))
+
+
+_PROMPTS = {
+    "addition": ("What is {a} + {b}?", "Compute {a} + {b}.", "What is the sum of {a} and {b}?", "Add {a} and {b}."),
+    "subtraction": ("What is {a} - {b}?", "Compute {a} - {b}.", "Subtract {b} from {a}.",
+                    "What is {a} minus {b}?"),
+    "multiplication": ("What is {a} * {b}?", "Compute {a} * {b}.", "What is the product of {a} and {b}?",
+                       "Multiply {a} by {b}."),
+    "linear_equation": ("Solve for x: {eq}", "Find x if {eq}.", "What is x in {eq}?"),
+    "letter_count": ("How many times does the letter '{l}' appear in '{w}'?", "Count the letter '{l}' in '{w}'.",
+                     "How many '{l}'s are in '{w}'?"),
+    "sorting": ("Sort these numbers: {items}", "Sort {items} from smallest to largest.",
+                "Put these numbers in increasing order: {items}"),
+}
+
+
+def _equation_text(a: int, b: int, c: int) -> str:
+    return f"{a}x {'+' if b >= 0 else '-'} {abs(b)} = {c}"
+
+
+def _prompt_and_answer(family: str, operands: tuple, rng: random.Random) -> tuple[str, str]:
+    template = rng.choice(_PROMPTS[family])
+    if family in ("addition", "subtraction", "multiplication"):
+        a, b = operands
+        value = {"addition": a + b, "subtraction": a - b, "multiplication": a * b}[family]
+        return template.format(a=a, b=b), str(value)
+    if family == "linear_equation":
+        a, b, c = operands
+        return template.format(eq=_equation_text(a, b, c)), str((c - b) // a)
+    if family == "letter_count":
+        letter, word = operands
+        return template.format(l=letter, w=word), str(word.count(letter))
+    return template.format(items=", ".join(map(str, operands))), ", ".join(map(str, sorted(operands)))
+
+
+def make_problem(family: str, level: int, rng: random.Random, *, split: str = "train") -> Problem:
+    """Draw one problem. split="train" never returns a held-out problem; "eval" returns only those."""
+    _check_family_level(family, level)
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    for _ in range(10_000):
+        operands = _draw_operands(family, level, rng)
+        if is_held_out(family, operands) == (split == "eval"):
+            prompt, answer = _prompt_and_answer(family, operands, rng)
+            return Problem(family, level, operands, prompt, answer, _uid(family, operands))
+    raise RuntimeError(f"could not draw a {split} problem for {family} level {level}")
+
+
+def problem_from_prompt(family: str, operands: tuple, level: int = 2) -> Problem:
+    """A Problem for given operands (prompt = the first phrasing), e.g. for fixed test prompts."""
+    _check_family_level(family, level)
+    prompt, answer = _prompt_and_answer(family, operands, _FirstChoice())
+    return Problem(family, level, tuple(operands), prompt, answer, _uid(family, tuple(operands)))
+
+
+class _FirstChoice(random.Random):
+    def choice(self, seq):  # noqa: D102 - deterministic first phrasing
+        return seq[0]
+
+
+# ----------------------------------------------------------------------------- traces
+
+
+class _Slipper:
+    """Decides where a trace slips. At most one slip per trace."""
+
+    def __init__(self, rng: random.Random, steps: int):
+        self.rng = rng
+        self.random_step = rng.randrange(steps) if steps and rng.random() < RANDOM_SLIP_RATE else -1
+        self.step = -1
+        self.used = False
+
+    def should_slip(self, hard: bool) -> bool:
+        self.step += 1
+        if self.used:
+            return False
+        if (hard and self.rng.random() < HARD_SLIP_RATE) or self.step == self.random_step:
+            self.used = True
+            return True
+        return False
+
+
+def _digits_rev(n: int) -> list[int]:
+    return [int(d) for d in reversed(str(n))]
+
+
+def _is_hard(*digits: int) -> bool:
+    return 7 in digits and 8 in digits
+
+
+def _column_add(numbers: list[int], slipper: _Slipper) -> tuple[list[str], int]:
+    """Column addition of several numbers, right to left. Returns (lines, total)."""
+    cols = max(len(str(n)) for n in numbers)
+    rev = [_digits_rev(n) + [0] * (cols - len(str(n))) for n in numbers]
+    lines, carry, written = [], 0, []
+    for i in range(cols):
+        terms = [r[i] for r in rev]
+        total = sum(terms) + carry
+        expr = " + ".join(map(str, terms)) + (f" + {carry}" if carry else "")
+        write, new_carry = total % 10, total // 10
+        rest = f"write {write}" + (f", carry {new_carry}." if new_carry else ".")
+        if slipper.should_slip(_is_hard(*terms)):
+            wrong = total - 1
+            lines.append(f"{PLACES[i]}: {expr} = {wrong}. Wait, {expr} = {total}, not {wrong}. So {rest}")
+        else:
+            lines.append(f"{PLACES[i]}: {expr} = {total}, {rest}")
+        written.append(write)
+        carry = new_carry
+    if carry:
+        lines.append(f"{PLACES[cols]}: the carry {carry}, write {carry}.")
+    return lines, sum(numbers)
+
+
+def _trace_addition(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]:
+    slipper = _Slipper(rng, max(len(str(a)), len(str(b))))
+    lines, total = _column_add([a, b], slipper)
+    think = [f"I add {a} and {b} column by column, from the right.", *lines,
+             f"So {a} + {b} = {total}.", f"Check: {total} - {b} = {a}. Correct."]
+    return "\n".join(think), f"{a} + {b} = \\boxed{{{total}}}.", slipper.used
+
+
+def _trace_subtraction(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]:
+    cols = len(str(a))
+    ra, rb = _digits_rev(a), _digits_rev(b) + [0] * (cols - len(str(b)))
+    slipper = _Slipper(rng, cols)
+    lines, borrow = [], 0
+    for i in range(cols):
+        top, bottom = ra[i], rb[i]
+        expr = f"{top} - {bottom}" + (f" - {borrow}" if borrow else "")
+        need = top - bottom - borrow < 0
+        value = top - bottom - borrow + (10 if need else 0)
+        shown = f"1{expr}" if need else expr
+        prefix = f"{PLACES[i]}: {expr} needs a borrow, " if need else f"{PLACES[i]}: "
+        if slipper.should_slip(_is_hard(top, bottom)) and value > 0:
+            lines.append(f"{prefix}{shown} = {value - 1}. Wait, {shown} = {value}, not {value - 1}.")
+        else:
+            lines.append(f"{prefix}{shown} = {value}.")
+        borrow = 1 if need else 0
+    think = [f"I subtract {b} from {a} column by column, from the right.", *lines,
+             f"So {a} - {b} = {a - b}.", f"Check: {a - b} + {b} = {a}. Correct."]
+    return "\n".join(think), f"{a} - {b} = \\boxed{{{a - b}}}.", slipper.used
+
+
+def _trace_multiplication(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]:
+    rb = _digits_rev(b)
+    slipper = _Slipper(rng, len(str(a)) * len(rb))
+    think = [f"I multiply {a} by {b}, one digit of {b} at a time."]
+    parts = []
+    for place, digit in enumerate(rb):
+        steps, carry = [], 0
+        for d in _digits_rev(a):
+            product = d * digit
+            total = product + carry
+            expr = f"{d} * {digit}" + (f" + {carry}" if carry else "")
+            write, new_carry = total % 10, total // 10
+            rest = f"write {write}" + (f", carry {new_carry}." if new_carry else ".")
+            if slipper.should_slip(_is_hard(d, digit)):
+                steps.append(f"{expr} = {total - 1}. Wait, {expr} = {total}, not {total - 1}. So {rest}")
+            else:
+                steps.append(f"{expr} = {total}, {rest}")
+            carry = new_carry
+        if carry:
+            steps.append(f"Write the carry {carry}.")
+        partial = a * digit
+        line = f"{a} * {digit}: " + " ".join(steps) + f" That gives {partial}"
+        if place:
+            shifted = partial * 10**place
+            line += f", shifted {place} place{'s' if place > 1 else ''}: {shifted}"
+            partial = shifted
+        parts.append(partial)
+        think.append(line + ".")
+    product = a * b
+    if len(parts) > 1:
+        think.append("Add the parts: " + " + ".join(map(str, parts)) + ".")
+        lines, _ = _column_add(parts, slipper)
+        think.extend(lines)
+    last = (a % 10) * (b % 10)
+    think += [f"So {a} * {b} = {product}.",
+              f"Check: the last digits give {a % 10} * {b % 10} = {last}, which ends in {last % 10}, "
+              f"and {product} ends in {product % 10}. Correct."]
+    return "\n".join(think), f"{a} * {b} = \\boxed{{{product}}}.", slipper.used
+
+
+def _trace_linear_equation(a: int, b: int, c: int, rng: random.Random) -> tuple[str, str, bool]:
+    slipper = _Slipper(rng, 2)
+    rhs = c - b
+    x = rhs // a
+    if b >= 0:
+        move, op = f"Subtract {b} from both sides", f"{c} - {b}"
+    else:
+        move, op = f"Add {-b} to both sides", f"{c} + {-b}"
+    if slipper.should_slip(False):
+        first = f"{move}: {a}x = {op} = {rhs + 1}. Wait, {op} = {rhs}, not {rhs + 1}. So {a}x = {rhs}."
+    else:
+        first = f"{move}: {a}x = {op} = {rhs}."
+    think = [f"I need x in {_equation_text(a, b, c)}.", first,
+             f"Divide both sides by {a}: x = {rhs} / {a} = {x}.",
+             f"Check: {a} * {x} {'+' if b >= 0 else '-'} {abs(b)} = {a * x} {'+' if b >= 0 else '-'} {abs(b)} = {c}. "
+             "Correct."]
+    return "\n".join(think), f"x = \\boxed{{{x}}}.", slipper.used
+
+
+def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str, str, bool]:
+    count, items = 0, []
+    for ch in word:
+        if ch == letter:
+            count += 1
+            items.append(f"{ch} ({count})")
+        else:
+            items.append(ch)
+    think = [f"I spell '{word}' and count each '{letter}'.", ", ".join(items) + ".",
+             f"The letter '{letter}' appears {count} time{'' if count == 1 else 's'}."]
+    if count:
+        think.append(f"Check: {', '.join([letter] * count)} makes {count}. Correct.")
+    else:
+        think.append(f"Check: no '{letter}' in the spelling, so 0. Correct.")
+    return "\n".join(think), f"The letter '{letter}' appears \\boxed{{{count}}} time{'' if count == 1 else 's'}.", False
+
+
+def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
+    left = list(numbers)
+    slipper = _Slipper(rng, max(1, len(left) - 2))
+    think = [f"I sort {', '.join(map(str, left))} from smallest to largest, taking the smallest each time."]
+    chosen = []
+    while len(left) > 1:
+        smallest = min(left)
+        listed = ", ".join(map(str, left))
+        others = [n for n in left if n != smallest]
+        if len(left) > 2 and slipper.should_slip(False):
+            wrong = min(others)
+            think.append(f"The smallest of {listed} is {wrong}. Wait, {smallest} is smaller than {wrong}. "
+                         f"The smallest is {smallest}.")
+        else:
+            think.append(f"The smallest of {listed} is {smallest}.")
+        chosen.append(smallest)
+        left = others
+    chosen.append(left[0])
+    think.append(f"Only {left[0]} is left.")
+    result = ", ".join(map(str, chosen))
+    think += [f"So the sorted list is {result}.",
+              f"Check: {' < '.join(map(str, chosen))}, and all {len(chosen)} numbers are there. Correct."]
+    return "\n".join(think), f"Sorted: \\boxed{{{result}}}.", slipper.used
+
+
+def make_example(problem: Problem, rng: random.Random) -> Example:
+    """The target completion for a problem: `<think>\\n...\\n</think>\\n\\nanswer`."""
+    ops, family = problem.operands, problem.family
+    if family == "addition":
+        think, answer, slipped = _trace_addition(*ops, rng)
+    elif family == "subtraction":
+        think, answer, slipped = _trace_subtraction(*ops, rng)
+    elif family == "multiplication":
+        think, answer, slipped = _trace_multiplication(*ops, rng)
+    elif family == "linear_equation":
+        think, answer, slipped = _trace_linear_equation(*ops, rng)
+    elif family == "letter_count":
+        think, answer, slipped = _trace_letter_count(*ops, rng)
+    else:
+        think, answer, slipped = _trace_sorting(ops, rng)
+    return Example(problem, f"<think>\n{think}\n</think>\n\n{answer}", slipped)
+
+
+def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES, split="train") -> list[Example]:
+    """n examples, families and levels drawn uniformly, reproducible from the seed."""
+    for family in families:
+        for level in levels:
+            _check_family_level(family, level)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        problem = make_problem(rng.choice(list(families)), rng.choice(list(levels)), rng, split=split)
+        out.append(make_example(problem, rng))
+    return out
+
+
+def eval_problems(per_cell: int, seed: int = 1234, *, levels=ALL_LEVELS, families=FAMILIES) -> list[Problem]:
+    """Held-out problems: `per_cell` for every (family, level), none of them ever trained on."""
+    rng = random.Random(seed)
+    return [make_problem(f, lvl, rng, split="eval") for f in families for lvl in levels for _ in range(per_cell)]

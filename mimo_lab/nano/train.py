@@ -1,0 +1,231 @@
+"""Train MiMo-nano from its seed: `mimo-lab nano train --out DIR`.
+
+Read top to bottom: the settings, the tokenizer, the data stream, the model, the loop. The loss
+is next-token cross-entropy on the completion (thinking + answer + `<|im_end|>`) plus, weighted
+by `mtp_weight`, the MTP head's cross-entropy on token t+2, trained jointly as in MiMo.
+
+A run checkpoints every `save_every` steps (safetensors) and, started again with the same
+`--out`, resumes where it stopped, drawing exactly the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mimo_lab.models.mimo import MiMoConfig, MiMoForCausalLM
+from mimo_lab.nano import tasks
+from mimo_lab.nano.tokenizer import IM_END, build_tokenizer
+
+
+@dataclass
+class TrainSettings:
+    """Everything that decides the shipped weights. Change one and you get a different model."""
+
+    seed: int = 0
+    steps: int = 2400
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    mtp_weight: float = 0.5
+    grad_clip: float = 1.0
+    pool_batches: int = 8  # batches drawn together and grouped by length (less padding)
+    tokenizer_corpus: int = 6000
+    save_every: int = 200
+    threads: int = 2
+    # model shape (~2.3M parameters)
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 32768
+
+
+def model_config(settings: TrainSettings, tokenizer) -> MiMoConfig:
+    """MiMo-7B's config fields, scaled down."""
+    return MiMoConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden_size,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.num_hidden_layers,
+        num_attention_heads=settings.num_attention_heads,
+        num_key_value_heads=settings.num_key_value_heads,
+        max_position_embeddings=settings.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": settings.rope_theta},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        num_nextn_predict_layers=1,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+
+
+def prompt_text(tokenizer, prompt: str) -> str:
+    """The chat-formatted prompt, as `Lab.generate` builds it (empty system message, as MiMo)."""
+    messages = [{"role": "system", "content": ""}, {"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def make_tokenizer(settings: TrainSettings):
+    examples = tasks.sample_examples(settings.tokenizer_corpus, seed=settings.seed + 10_000)
+    texts = [prompt_text_raw(e.problem.prompt) + e.completion + IM_END for e in examples]
+    return build_tokenizer(texts)
+
+
+def prompt_text_raw(prompt: str) -> str:
+    # The chat markup without a tokenizer (the tokenizer is being built from it).
+    return f"<|im_start|>system\n<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def encode(tokenizer, example: tasks.Example) -> tuple[list[int], int]:
+    """(token ids of prompt + completion + <|im_end|>, number of prompt tokens)."""
+    prompt_ids = tokenizer(prompt_text(tokenizer, example.problem.prompt), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(example.completion + IM_END, add_special_tokens=False)["input_ids"]
+    return prompt_ids + completion_ids, len(prompt_ids)
+
+
+def batch_for_step(step: int, settings: TrainSettings, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, loss_mask) for a step: a pure function of (seed, step)."""
+    pool_index, slot = divmod(step, settings.pool_batches)
+    seed = settings.seed * 1_000_003 + pool_index
+    examples = tasks.sample_examples(settings.batch_size * settings.pool_batches, seed=seed)
+    encoded = sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))
+    order = list(range(settings.pool_batches))
+    random.Random(seed).shuffle(order)
+    chunk = encoded[order[slot] * settings.batch_size:(order[slot] + 1) * settings.batch_size]
+    width = max(len(ids) for ids, _ in chunk)
+    input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(chunk), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+    for row, (ids, n_prompt) in enumerate(chunk):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+        loss_mask[row, n_prompt: len(ids)] = True  # targets: completion tokens
+    return input_ids, attention, loss_mask
+
+
+def losses(model: MiMoForCausalLM, input_ids, attention, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token loss, MTP t+2 loss), both on completion tokens only."""
+    logits, mtp_logits = model.forward_with_mtp(input_ids, attention)
+    vocab = logits.shape[-1]
+    main = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1), reduction="none")
+    main = (main * loss_mask[:, 1:].reshape(-1)).sum() / loss_mask[:, 1:].sum()
+    # mtp row t predicts token t+2
+    mtp = F.cross_entropy(mtp_logits[:, :-1].reshape(-1, vocab), input_ids[:, 2:].reshape(-1), reduction="none")
+    mtp = (mtp * loss_mask[:, 2:].reshape(-1)).sum() / loss_mask[:, 2:].sum()
+    return main, mtp
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.min_lr + 0.5 * (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _save_resume_state(path: Path, model, optimizer, step: int) -> None:
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"adam.{names[id(p)]}.{key}"] = value.reshape(1) if value.dim() == 0 else value
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step)})
+    tmp.replace(path)  # atomic: a kill leaves the previous state whole
+
+
+def _load_resume_state(path: Path, model, optimizer) -> int:
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, p in model.named_parameters():
+        state = {key: tensors[f"adam.{name}.{key}"] for key in ("step", "exp_avg", "exp_avg_sq")
+                 if f"adam.{name}.{key}" in tensors}
+        if state:
+            state["step"] = state["step"].reshape(())
+            optimizer.state[p] = state
+    with safe_open(str(path), "pt") as f:
+        return int(f.metadata()["step"])
+
+
+def train(out: str | Path, settings: TrainSettings | None = None, *, progress: bool = True) -> Path:
+    """Train (or resume) into `out`; writes the checkpoint there and returns its path."""
+    settings = settings or TrainSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings_file = out / "train_settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != asdict(settings):
+        raise ValueError(f"{out} holds a run with other settings ({settings_file}); use a new --out")
+    settings_file.write_text(json.dumps(asdict(settings), indent=1))
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+
+    tokenizer = make_tokenizer(settings)
+    config = model_config(settings, tokenizer)
+    config._attn_implementation = "sdpa"
+    model = MiMoForCausalLM(config)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
+    resume = out / "resume.safetensors"
+    start = _load_resume_state(resume, model, optimizer) if resume.exists() else 0
+    log_path = out / "loss_log.jsonl"
+    if start == 0 and log_path.exists():
+        log_path.unlink()
+
+    model.train()
+    began = time.time()
+    bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc="MiMo-nano", disable=not progress)
+    with log_path.open("a") as log:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, settings)
+            input_ids, _, loss_mask = batch_for_step(step, settings, tokenizer)
+            # Padding is on the right and causal attention never looks ahead, so pad tokens
+            # cannot change the real tokens' outputs: no mask needed (sdpa's fast path).
+            main, mtp = losses(model, input_ids, None, loss_mask)
+            (main + settings.mtp_weight * mtp).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step % 10 == 0 or step == settings.steps - 1:
+                record = {"step": step, "loss": round(main.item(), 5), "mtp_loss": round(mtp.item(), 5),
+                          "lr": group["lr"], "seconds": round(time.time() - began, 1)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{main.item():.4f}", mtp=f"{mtp.item():.4f}")
+            if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
+                _save_resume_state(resume, model, optimizer, step + 1)
+
+    model.eval()
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = 0.6
+    model.generation_config.top_p = 0.95
+    model.generation_config.max_new_tokens = 1024
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if resume.exists():
+        resume.unlink()
+    return out

@@ -1,0 +1,201 @@
+"""Trace: one generated reasoning trace with per-token analytics, its think/answer split; save/load.
+
+Per generated token (position i, in generation order):
+- `token_ids[i]`, `token_texts[i]`, `spans[i]` = (start, end) character span in `text`;
+- `logprobs[i]`: log-probability of the chosen token under the model (temperature 1), nats;
+- `entropies[i]`: entropy of the distribution the token was sampled from (after temperature,
+  top-k and top-p; for greedy decoding, the model's distribution), nats;
+- `model_entropies[i]`: entropy of the model's own distribution (temperature 1), nats;
+- `top_ids[i]`, `top_logprobs[i]`, `top_texts[i]`: the k most likely tokens under the model;
+- for models with an MTP head (`mtp` not None): at position i the MTP head's guess for token
+  i+2 (`mtp["pred_id"]`, its probability `mtp["pred_prob"]`), whether it came true
+  (`mtp["hit"]`: 1, 0, or -1 where token i+2 was never generated), and the probability it had
+  given to the token actually generated at i+2 (`mtp["target_prob"]`).
+The EOS token that ended generation is not part of `token_ids`; `finish_reason` says why it
+ended: "stop" (EOS), "length" (max_new_tokens) or "stopped" (interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from mimo_lab.answer import extract_answer
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Trace:
+    """A generated trace; build it with `Lab.generate`, reopen it with `Trace.load`."""
+
+    prompt: str
+    text: str
+    token_ids: torch.Tensor  # [n] long
+    token_texts: list[str]
+    spans: torch.Tensor  # [n, 2] long, character offsets into text
+    logprobs: torch.Tensor  # [n] float32
+    entropies: torch.Tensor  # [n] float32
+    model_entropies: torch.Tensor  # [n] float32
+    top_ids: torch.Tensor  # [n, k] long
+    top_logprobs: torch.Tensor  # [n, k] float32
+    top_texts: list[list[str]]
+    finish_reason: str
+    prompt_text: str = ""
+    prompt_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    model_name: str = ""
+    revision: str | None = None
+    sampling: dict = field(default_factory=dict)
+    seed: int | None = None
+    think_start: str | None = "<think>"
+    think_end: str | None = "</think>"
+    mtp: dict[str, torch.Tensor] | None = None
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ text views
+    def __len__(self) -> int:
+        return int(self.token_ids.numel())
+
+    def _think_bounds(self) -> tuple[int, int, int] | None:
+        """(start of thinking, end of thinking, start of answer) in `text`, or None without think tags."""
+        if not self.think_start or not self.think_end:
+            return None
+        open_at = self.text.find(self.think_start)
+        if open_at < 0:
+            # Templates that open the turn with <think> (R1-distill) leave only the closing tag.
+            close_at = self.text.find(self.think_end)
+            if close_at < 0:
+                return None
+            return 0, close_at, close_at + len(self.think_end)
+        begin = open_at + len(self.think_start)
+        close_at = self.text.find(self.think_end, begin)
+        if close_at < 0:
+            return begin, len(self.text), len(self.text)
+        return begin, close_at, close_at + len(self.think_end)
+
+    @property
+    def thinking(self) -> str:
+        """The text inside <think>…</think> (to the end if the trace never closed it)."""
+        bounds = self._think_bounds()
+        return "" if bounds is None else self.text[bounds[0] : bounds[1]].strip()
+
+    @property
+    def answer(self) -> str:
+        """The text after </think> (all of the text for a model without think tags)."""
+        bounds = self._think_bounds()
+        return self.text.strip() if bounds is None else self.text[bounds[2] :].strip()
+
+    @property
+    def closed_thinking(self) -> bool:
+        """Whether the think block was closed (False: truncated inside the thinking)."""
+        bounds = self._think_bounds()
+        return bounds is None or bounds[2] < len(self.text) or self.text.rstrip().endswith(self.think_end or "")
+
+    @property
+    def thinking_span(self) -> tuple[int, int] | None:
+        """Character span of the thinking text in `text` (None without think tags)."""
+        bounds = self._think_bounds()
+        return None if bounds is None else (bounds[0], bounds[1])
+
+    @property
+    def final_answer(self) -> str | None:
+        """The extracted answer: last \\boxed{}, "the answer is ...", or the last number."""
+        return extract_answer(self.answer)[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self)
+
+    # ------------------------------------------------------------------ tables
+    @property
+    def tokens(self) -> pd.DataFrame:
+        """One row per generated token: text, id, span, logprob, prob, entropy, alternatives, MTP."""
+        n = len(self)
+        spans = self.spans.tolist()
+        think = self.thinking_span
+        frame = pd.DataFrame({
+            "text": self.token_texts,
+            "id": self.token_ids.tolist(),
+            "start": [s for s, _ in spans],
+            "end": [e for _, e in spans],
+            "logprob": self.logprobs.tolist(),
+            "prob": self.logprobs.exp().tolist(),
+            "entropy": self.entropies.tolist(),
+            "model_entropy": self.model_entropies.tolist(),
+            "alternatives": [list(zip(texts, lps.exp().tolist(), strict=True))
+                             for texts, lps in zip(self.top_texts, self.top_logprobs, strict=True)],
+            "in_thinking": [think is not None and s >= think[0] and e <= think[1] for s, e in spans],
+        }, index=pd.RangeIndex(n, name="position"))
+        if self.mtp is not None:
+            frame["mtp_pred_id"] = self.mtp["pred_id"].tolist()
+            frame["mtp_pred_prob"] = self.mtp["pred_prob"].tolist()
+            frame["mtp_hit"] = self.mtp["hit"].tolist()
+            frame["mtp_target_prob"] = self.mtp["target_prob"].tolist()
+        return frame
+
+    def mtp_accuracy(self) -> float | None:
+        """Share of positions whose MTP guess for token i+2 came true (None without an MTP head)."""
+        if self.mtp is None:
+            return None
+        hit = self.mtp["hit"]
+        known = hit >= 0
+        return float(hit[known].float().mean()) if known.any() else float("nan")
+
+    def token_at(self, char_offset: int) -> int:
+        """Index of the token whose span covers a character offset of `text`."""
+        if not 0 <= char_offset < len(self.text):
+            raise ValueError(f"character offset {char_offset} out of range: the text has {len(self.text)} characters")
+        ends = self.spans[:, 1]
+        return int(torch.searchsorted(ends, torch.tensor(char_offset), right=True).clamp(max=len(self) - 1))
+
+    def __repr__(self) -> str:
+        head = self.text[:60].replace("\n", " ")
+        return (f"Trace({len(self)} tokens, finish={self.finish_reason!r}, final_answer={self.final_answer!r}, "
+                f"text={head!r}{'...' if len(self.text) > 60 else ''})")
+
+    def _repr_html_(self) -> str:
+        from mimo_lab.viz.tokens import token_html
+
+        return token_html(self)
+
+    # ------------------------------------------------------------------ persistence
+    _TENSORS = ("token_ids", "spans", "logprobs", "entropies", "model_entropies", "top_ids", "top_logprobs",
+                "prompt_ids")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `path/trace.json` (text, settings, model) and `path/tensors.safetensors`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name).contiguous().cpu() for name in self._TENSORS}
+        if self.mtp is not None:
+            tensors.update({f"mtp.{k}": v.contiguous().cpu() for k, v in self.mtp.items()})
+        save_file(tensors, str(path / "tensors.safetensors"))
+        record = {
+            "format_version": FORMAT_VERSION, "prompt": self.prompt, "prompt_text": self.prompt_text,
+            "text": self.text, "token_texts": self.token_texts, "top_texts": self.top_texts,
+            "finish_reason": self.finish_reason, "model_name": self.model_name, "revision": self.revision,
+            "sampling": self.sampling, "seed": self.seed, "think_start": self.think_start,
+            "think_end": self.think_end, "meta": self.meta,
+        }
+        (path / "trace.json").write_text(json.dumps(record, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """Reopen a trace written by `save`."""
+        path = Path(path)
+        if not (path / "trace.json").is_file() or not (path / "tensors.safetensors").is_file():
+            raise FileNotFoundError(f"{path} is not a saved Trace: expected trace.json and tensors.safetensors in it")
+        record = json.loads((path / "trace.json").read_text())
+        if record.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: trace format {record.get('format_version')!r}, this mimo_lab reads "
+                             f"{FORMAT_VERSION}")
+        tensors = load_file(str(path / "tensors.safetensors"))
+        mtp = {k[4:]: v for k, v in tensors.items() if k.startswith("mtp.")} or None
+        record.pop("format_version")
+        return cls(**record, **{name: tensors[name] for name in cls._TENSORS}, mtp=mtp)
