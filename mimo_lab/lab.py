@@ -91,7 +91,8 @@ def resolve_checkpoint(name_or_path: str, revision: str | None = None) -> Path:
                                       allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]))
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
         raise ValueError(f"could not fetch {name_or_path!r} from the hub ({type(err).__name__}: {err}); "
-                         "it is not in the local cache either. Check the name, the network, or pass a local folder") from err
+                         "it is not in the local cache either. Check the name, the network, or pass a local folder"
+                         ) from err
 
 
 def check_shards(folder: Path) -> list[Path]:

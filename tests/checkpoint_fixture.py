@@ -73,7 +73,8 @@ def build(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(CORPUS, vocab_size=300)
     tokenizer.save_pretrained(folder)
-    config_json = dict(MIMO_CONFIG, vocab_size=len(tokenizer), eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config_json = dict(MIMO_CONFIG, vocab_size=len(tokenizer), eos_token_id=eos)
     (folder / "config.json").write_text(json.dumps(config_json, indent=2))
 
     torch.manual_seed(seed)

@@ -80,8 +80,9 @@ NANO_CARD = ModelCard(
 
 def card_for(name: str, config=None, tokenizer=None, generation_config=None) -> ModelCard:
     """The card for a hub id / folder name; unknown models get one from their own files."""
+    tail = name.rstrip("/").lower()
     for key, card in CARDS.items():
-        if name.rstrip("/").lower().endswith(key.lower()) or name.rstrip("/").lower().endswith(key.split("/")[-1].lower()):
+        if tail.endswith(key.split("/")[-1].lower()):
             return card
     model_type = getattr(config, "model_type", "unknown")
     vocab = tokenizer.get_vocab() if tokenizer is not None else {}

@@ -195,7 +195,8 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
 
     model.train()
     began = time.time()
-    bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc="MiMo-nano", disable=not progress)
+    bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc="MiMo-nano",
+               disable=not progress)
     with log_path.open("a") as log:
         for step in bar:
             for group in optimizer.param_groups:

@@ -109,7 +109,8 @@ def _reference_mtp_logits(w, cfg, hidden_prenorm, ids):
     attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, slots, size)
     x = x + attn @ w[p + "self_attn.o_proj.weight"].T
     m = _rms(x, w[p + "post_attention_layernorm.weight"], eps)
-    m = (F.silu(m @ w[p + "mlp.gate_proj.weight"].T) * (m @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+    gate, up = m @ w[p + "mlp.gate_proj.weight"].T, m @ w[p + "mlp.up_proj.weight"].T
+    m = (F.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
     x = _rms(x + m, w[p + "final_layernorm.weight"], eps)
     return x @ w["lm_head.weight"].T
 
