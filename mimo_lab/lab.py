@@ -24,6 +24,7 @@ from mimo_lab.nano import CHECKPOINT as NANO_CHECKPOINT
 from mimo_lab.nano import NAME as NANO_NAME
 from mimo_lab.trace import Trace
 
+_SAMPLING_KEYS = {"temperature", "top_p", "top_k", "max_new_tokens", "greedy"}
 NANO_ALIASES = {None, "nano", "mimo-nano", NANO_NAME.lower()}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -201,10 +202,9 @@ class Lab:
         return "\n\n".join(m["content"] for m in messages)
 
     def _sampling(self, sampling: dict) -> generation.Sampling:
-        allowed = {"temperature", "top_p", "top_k", "max_new_tokens", "greedy"}
-        unknown = set(sampling) - allowed
+        unknown = set(sampling) - _SAMPLING_KEYS
         if unknown:
-            raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}: use {sorted(allowed)}")
+            raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}: use {sorted(_SAMPLING_KEYS)}")
         return generation.resolve_sampling(self.card, context_length=self.card.context_length, **sampling)
 
     # ------------------------------------------------------------------ generation
@@ -239,6 +239,17 @@ class Lab:
                     model_name=self.name, revision=self.revision, card=self.card, with_mtp=with_mtp,
                     add_special_tokens=not self.tokenizer.chat_template)
         return traces[0] if single else traces
+
+    def regenerate(self, trace: Trace, **overrides) -> Trace:
+        """Generate again from a (saved) trace's prompt, sampling settings and seed."""
+        if trace.model_name and trace.model_name != self.name:
+            raise ValueError(f"the trace came from {trace.model_name!r}, this Lab holds {self.name!r}: "
+                             f"load that model to regenerate it")
+        if trace.seed is None:
+            raise ValueError("the trace has no seed recorded: it cannot be regenerated exactly")
+        sampling = {k: v for k, v in trace.sampling.items() if k in _SAMPLING_KEYS}
+        sampling.update(overrides)
+        return self.generate(trace.prompt, seed=trace.seed, mtp=trace.mtp is not None, **sampling)
 
     def stream(self, prompt: str | list[dict], *, seed: int | None = None, system: str | None = None,
                **sampling) -> Iterator[generation.StreamToken]:

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mimo_lab.answer import extract_answer
+from mimo_lab.segment import Segments, segment
 
 FORMAT_VERSION = 1
 
@@ -98,9 +99,13 @@ class Trace:
 
     @property
     def thinking_span(self) -> tuple[int, int] | None:
-        """Character span of the thinking text in `text` (None without think tags)."""
+        """Character span of `thinking` in `text` (surrounding whitespace excluded; None without think tags)."""
         bounds = self._think_bounds()
-        return None if bounds is None else (bounds[0], bounds[1])
+        if bounds is None:
+            return None
+        inner = self.text[bounds[0] : bounds[1]]
+        start = bounds[0] + len(inner) - len(inner.lstrip())
+        return start, max(start, bounds[0] + len(inner.rstrip()))
 
     @property
     def final_answer(self) -> str | None:
@@ -129,7 +134,7 @@ class Trace:
             "model_entropy": self.model_entropies.tolist(),
             "alternatives": [list(zip(texts, lps.exp().tolist(), strict=True))
                              for texts, lps in zip(self.top_texts, self.top_logprobs, strict=True)],
-            "in_thinking": [think is not None and s >= think[0] and e <= think[1] for s, e in spans],
+            "in_thinking": [think is not None and s < think[1] and e > think[0] for s, e in spans],
         }, index=pd.RangeIndex(n, name="position"))
         if self.mtp is not None:
             frame["mtp_pred_id"] = self.mtp["pred_id"].tolist()
@@ -146,12 +151,60 @@ class Trace:
         known = hit >= 0
         return float(hit[known].float().mean()) if known.any() else float("nan")
 
+    # ------------------------------------------------------------------ segments
+    def segments(self, kind: str = "sentence", labeller=None) -> Segments:
+        """Sentences (or steps = lines) of the thinking text, labelled; spans index into `text`.
+
+        Models without think tags: of the whole text. `labeller`: any callable
+        `(sentence, index, count) -> label` (default: `segment.RuleLabeller`).
+        """
+        key = (kind, labeller)
+        cache = self.__dict__.setdefault("_segment_cache", {})
+        if key not in cache:
+            span = self.thinking_span or (0, len(self.text))
+            cache[key] = segment(self.text[span[0]:span[1]], kind=kind, labeller=labeller, offset=span[0],
+                                 full_text=self.text)
+        return cache[key]
+
+    @property
+    def sentences(self) -> Segments:
+        return self.segments("sentence")
+
+    @property
+    def steps(self) -> Segments:
+        return self.segments("step")
+
+    def forking_tokens(self, quantile: float = 0.8) -> pd.DataFrame:
+        """Tokens whose sampling entropy is in the top (1 - quantile) share ("forks", Wang et al. 2025)."""
+        if not 0 <= quantile < 1:
+            raise ValueError(f"quantile {quantile!r} out of range: use a number in [0, 1)")
+        frame = self.tokens[["text", "entropy", "prob", "alternatives"]]
+        if frame.empty:
+            return frame
+        threshold = float(torch.quantile(self.entropies.float(), quantile))
+        forks = frame[frame["entropy"] >= threshold].copy()
+        forks["sentence"] = [self.sentences.at(int(self.spans[i, 0])) for i in forks.index]
+        return forks.sort_values("entropy", ascending=False)
+
     def token_at(self, char_offset: int) -> int:
         """Index of the token whose span covers a character offset of `text`."""
         if not 0 <= char_offset < len(self.text):
             raise ValueError(f"character offset {char_offset} out of range: the text has {len(self.text)} characters")
-        ends = self.spans[:, 1]
+        ends = self.spans[:, 1].contiguous()
         return int(torch.searchsorted(ends, torch.tensor(char_offset), right=True).clamp(max=len(self) - 1))
+
+    # ------------------------------------------------------------------ figures
+    def plot(self, kind: str = "sentence"):
+        """Entropy and log-prob along the trace, with step boundaries, markers and forks (plotly)."""
+        from mimo_lab.viz.timeline import entropy_figure
+
+        return entropy_figure(self, kind=kind)
+
+    def token_view(self, color_by: str = "entropy"):
+        """The text with tokens coloured by entropy / logprob / mtp_target_prob (shows itself)."""
+        from mimo_lab.viz.tokens import TokenView
+
+        return TokenView(self, color_by)
 
     def __repr__(self) -> str:
         head = self.text[:60].replace("\n", " ")

@@ -1,0 +1,116 @@
+"""MiMo-nano's tasks: answers verified by plain Python, traces well formed, held-out split honoured."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mimo_lab.answer import extract_answer
+from mimo_lab.nano import tasks
+
+
+def _independent_answer(problem: tasks.Problem) -> str:
+    """Recompute the answer from the prompt text alone, with plain Python."""
+    text = problem.prompt
+    if problem.family == "letter_count":
+        letter, word = re.findall(r"'([a-z]+)'", text)[:2]
+        return str(sum(1 for ch in word if ch == letter))
+    if problem.family == "sorting":
+        numbers = [int(n) for n in re.findall(r"\d+", text)]
+        return ", ".join(str(n) for n in sorted(numbers))
+    if problem.family == "linear_equation":
+        a, sign, b, c = re.search(r"(\d+)x ([+-]) (\d+) = (-?\d+)", text).groups()
+        b = int(b) if sign == "+" else -int(b)
+        x = (int(c) - b) / int(a)
+        assert x == int(x)
+        return str(int(x))
+    numbers = [int(n) for n in re.findall(r"\d+", text)]
+    if problem.family == "addition":
+        return str(numbers[0] + numbers[1])
+    if problem.family == "multiplication":
+        return str(numbers[0] * numbers[1])
+    a, b = numbers  # subtraction: "Subtract b from a" names them the other way round
+    return str(a - b if "from" not in text else b - a)
+
+
+@pytest.mark.parametrize("family", tasks.FAMILIES)
+@pytest.mark.parametrize("level", tasks.ALL_LEVELS)
+def test_answers_are_right(family, level):
+    rng = random.Random(level)
+    for _ in range(40):
+        problem = tasks.make_problem(family, level, rng)
+        assert problem.answer == _independent_answer(problem), problem
+
+
+@pytest.mark.parametrize("family", tasks.FAMILIES)
+def test_traces_are_well_formed_and_end_in_the_answer(family):
+    rng = random.Random(0)
+    for level in tasks.TRAIN_LEVELS:
+        for _ in range(30):
+            example = tasks.make_example(tasks.make_problem(family, level, rng), rng)
+            text = example.completion
+            assert text.startswith("<think>\n") and "\n</think>\n\n" in text
+            thinking, answer = text[len("<think>\n"):].split("\n</think>\n\n")
+            assert "Check:" in thinking and "Correct." in thinking
+            assert extract_answer(answer) == (example.problem.answer, "boxed")
+            assert ("Wait," in thinking) == example.slipped
+
+
+def test_slips_happen_where_7_and_8_meet_and_are_corrected():
+    rng = random.Random(1)
+    problem = tasks.problem_from_prompt("addition", (17, 28))
+    slipped = [tasks.make_example(problem, rng) for _ in range(300)]
+    share = sum(e.slipped for e in slipped) / len(slipped)
+    assert 0.5 < share < 0.75  # HARD_SLIP_RATE, plus the rare random slip
+    example = next(e for e in slipped if e.slipped)
+    assert "Ones: 7 + 8 = 14. Wait, 7 + 8 = 15, not 14. So write 5, carry 1." in example.completion
+
+
+def test_required_prompt_forms_are_produced():
+    assert tasks.problem_from_prompt("addition", (128, 367)).prompt == "What is 128 + 367?"
+    assert tasks.problem_from_prompt("subtraction", (905, 47)).prompt == "What is 905 - 47?"
+    assert tasks.problem_from_prompt("multiplication", (23, 41)).prompt == "What is 23 * 41?"
+    assert tasks.problem_from_prompt("linear_equation", (3, 7, 25)).prompt == "Solve for x: 3x + 7 = 25"
+    assert (tasks.problem_from_prompt("letter_count", ("r", "strawberry")).prompt
+            == "How many times does the letter 'r' appear in 'strawberry'?")
+    assert tasks.problem_from_prompt("sorting", (5, 12, 3)).prompt == "Sort these numbers: 5, 12, 3"
+    assert tasks.problem_from_prompt("letter_count", ("r", "strawberry")).answer == "3"
+
+
+def test_held_out_split_is_disjoint_and_deterministic():
+    train = {(e.problem.family, e.problem.operands) for e in tasks.sample_examples(2000, seed=5)}
+    held = {(p.family, p.operands) for p in tasks.eval_problems(per_cell=10)}
+    assert not train & held
+    assert all(tasks.is_held_out(f, ops) for f, ops in held)
+    assert tasks.sample_examples(5, seed=9) == tasks.sample_examples(5, seed=9)
+
+
+def test_difficulty_grows_beyond_training():
+    rng = random.Random(2)
+    digits = {lvl: max(len(str(tasks.make_problem("addition", lvl, rng).operands[0])) for _ in range(50))
+              for lvl in tasks.ALL_LEVELS}
+    assert digits == {1: 2, 2: 3, 3: 4, 4: 5, 5: 6}
+    lengths = {lvl: max(len(tasks.make_problem("sorting", lvl, rng).operands) for _ in range(50))
+               for lvl in tasks.ALL_LEVELS}
+    assert lengths[4] > lengths[3] and lengths[5] > lengths[4]
+
+
+def test_bad_family_or_level():
+    with pytest.raises(ValueError, match="unknown task family 'division'"):
+        tasks.make_problem("division", 1, random.Random())
+    with pytest.raises(ValueError, match="difficulty level 9 out of range"):
+        tasks.make_problem("addition", 9, random.Random())
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(0, 10**6), b=st.integers(0, 10**6))
+def test_column_addition_trace_is_arithmetic(a, b):
+    problem = tasks.problem_from_prompt("addition", (a, b))
+    example = tasks.make_example(problem, random.Random(0))
+    for left, right in re.findall(r"((?:\d+ \+ )+\d+) = (\d+),", example.completion):
+        assert sum(int(x) for x in left.split(" + ")) == int(right)
+    assert example.problem.answer == str(a + b)

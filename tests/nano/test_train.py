@@ -1,0 +1,62 @@
+"""MiMo-nano training: a few steps lower the loss; a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mimo_lab.models.mimo import MiMoForCausalLM
+from mimo_lab.nano import train as train_module
+from mimo_lab.nano.train import TrainSettings, batch_for_step, losses, make_tokenizer, model_config, train
+
+TINY = TrainSettings(steps=12, batch_size=8, pool_batches=2, warmup=2, lr=3e-3, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, tokenizer_corpus=300,
+                     save_every=5)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    out = train(tmp_path / "run", TINY, progress=False)
+    tokenizer = make_tokenizer(TINY)
+    torch.manual_seed(TINY.seed)
+    fresh = MiMoForCausalLM(model_config(TINY, tokenizer))  # the same init train() starts from
+    trained = MiMoForCausalLM.from_pretrained(out)
+    batch = batch_for_step(1000, TINY, tokenizer)  # a batch never trained on
+    with torch.no_grad():
+        before = sum(losses(fresh, *batch))
+        after = sum(losses(trained, *batch))
+    assert after < before - 0.5, (before, after)
+    log = (out / "loss_log.jsonl").read_text().splitlines()
+    assert len(log) >= 2 and '"mtp_loss"' in log[0]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
+    straight = train(tmp_path / "straight", TINY, progress=False)
+
+    real = train_module.batch_for_step
+    calls = {"n": 0}
+
+    def dies_at_step_8(step, *args):
+        if step == 8 and calls["n"] == 0:
+            calls["n"] += 1
+            raise KeyboardInterrupt  # stands in for a kill
+        return real(step, *args)
+
+    monkeypatch.setattr(train_module, "batch_for_step", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", TINY, progress=False)
+    assert (tmp_path / "resumed" / "resume.safetensors").exists()  # state at step 5 kept
+    resumed = train(tmp_path / "resumed", TINY, progress=False)
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    train(tmp_path / "run", replace(TINY, steps=2), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train(tmp_path / "run", replace(TINY, steps=3), progress=False)
