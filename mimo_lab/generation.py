@@ -243,8 +243,12 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
                     seeds: list[int], model_name: str = "", revision: str | None = None, card=None,
                     with_mtp: bool = False, top_alternatives: int = 5,
                     on_token: Callable[[StreamToken], None] | None = None,
-                    stop_event: threading.Event | None = None, add_special_tokens: bool = False) -> list[Trace]:
-    """Generate one Trace per prompt text (a batch, left-padded)."""
+                    stop_event: threading.Event | None = None, add_special_tokens: bool = False,
+                    min_new_tokens: int = 0) -> list[Trace]:
+    """Generate one Trace per prompt text (a batch, left-padded).
+
+    min_new_tokens: EOS is impossible before this many tokens (for fixed-length benchmarks).
+    """
     if on_token is not None and len(prompt_texts) != 1:
         raise ValueError(f"streaming takes one prompt at a time, got {len(prompt_texts)}")
     device = model.device
@@ -282,7 +286,7 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
         input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=sampling.max_new_tokens,
         eos_token_id=eos, pad_token_id=pad_id, logits_processor=LogitsProcessorList([sampler]),
         stopping_criteria=StoppingCriteriaList([StopOnEvent(stop_event)]), use_cache=True,
-        num_beams=1, temperature=None, top_p=None, top_k=None,
+        num_beams=1, temperature=None, top_p=None, top_k=None, min_new_tokens=min_new_tokens or None,
     )
     records = sampler.stacked()
     prompt_len = input_ids.shape[1]
