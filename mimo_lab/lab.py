@@ -240,6 +240,20 @@ class Lab:
                     add_special_tokens=not self.tokenizer.chat_template)
         return traces[0] if single else traces
 
+    # ------------------------------------------------------------------ probes
+    def capture(self, text_or_trace, sites=("resid", "attn_out", "mlp_out"), layers=None,
+                chunk_size: int | None = None):
+        """Activations at the named sites (see `mimo_lab.probe`); returns `Activations`."""
+        from mimo_lab.probe.capture import capture
+
+        return capture(self, text_or_trace, sites=sites, layers=layers, chunk_size=chunk_size)
+
+    def attention(self, text_or_trace, layer: int, heads=None, **options):
+        """Attention of one layer's heads from post-RoPE q/k in query chunks; `.patterns`, `.by_sentence()`."""
+        from mimo_lab.probe.attention import attention
+
+        return attention(self, text_or_trace, layer, heads=heads, **options)
+
     def regenerate(self, trace: Trace, **overrides) -> Trace:
         """Generate again from a (saved) trace's prompt, sampling settings and seed."""
         if trace.model_name and trace.model_name != self.name:

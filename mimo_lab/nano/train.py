@@ -229,4 +229,60 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
     tokenizer.save_pretrained(out)
     if resume.exists():
         resume.unlink()
+    write_model_card(out)
     return out
+
+
+def write_model_card(folder: str | Path, quality_markdown: str | None = None) -> Path:
+    """README.md of a checkpoint: how it was made (command, seed, settings, loss) and, when
+    given, its measured quality (benchmarks/nano_quality.py writes that part)."""
+    folder = Path(folder)
+    settings = json.loads((folder / "train_settings.json").read_text())
+    log = [json.loads(line) for line in (folder / "loss_log.jsonl").read_text().splitlines() if line.strip()]
+    config = json.loads((folder / "config.json").read_text())
+    params = sum(t.numel() for t in load_file(str(folder / "model.safetensors")).values())
+    last = log[-10:]
+    final_loss = sum(r["loss"] for r in last) / len(last)
+    final_mtp = sum(r["mtp_loss"] for r in last) / len(last)
+    card_path = folder / "README.md"
+    previous_quality = None
+    if quality_markdown is None and card_path.exists():
+        text = card_path.read_text()
+        if "## Quality" in text:
+            previous_quality = text.split("## Quality", 1)[1].strip()
+    quality = quality_markdown or previous_quality or "Not measured yet: run `python benchmarks/nano_quality.py`."
+    lines = [
+        "# MiMo-nano",
+        "",
+        "A tiny reasoning model of MiMo's exact architecture (Qwen2 decoder + one MTP layer), trained by mimo_lab",
+        "so that every notebook and test runs on a CPU with nothing to download. It answers six kinds of problems",
+        "(column addition, subtraction, multiplication, `ax + b = c`, letter counting, sorting) with a `<think>`",
+        "trace, a check, and sometimes a slip followed by \"Wait, ...\"; it really fails beyond its training",
+        "difficulty (levels 4-5).",
+        "",
+        "## How it was made",
+        "",
+        "```",
+        f"mimo-lab nano train --out DIR    # seed {settings['seed']}, {settings['steps']} steps",
+        "```",
+        "",
+        f"- {params:,} parameters (MTP layer included): hidden {config['hidden_size']}, "
+        f"{config['num_hidden_layers']} layers, {config['num_attention_heads']} heads / "
+        f"{config['num_key_value_heads']} KV heads, intermediate {config['intermediate_size']}, vocabulary "
+        f"{config['vocab_size']} (byte-level BPE, one token per digit), `max_position_embeddings` "
+        f"{config['max_position_embeddings']}, RoPE theta {config['rope_parameters']['rope_theta']:g}.",
+        f"- AdamW (lr {settings['lr']:g} → {settings['min_lr']:g}, cosine, {settings['warmup']} warm-up steps, "
+        f"weight decay {settings['weight_decay']}), batch {settings['batch_size']}, loss on the completion only; "
+        f"MTP t+2 loss weighted {settings['mtp_weight']} and trained jointly.",
+        "- Data: fresh problems every step from `mimo_lab.nano.tasks` (levels 1-3), never the held-out tenth.",
+        f"- Final loss (mean of the last {len(last)} logged steps): next token {final_loss:.4f}, "
+        f"MTP {final_mtp:.4f}; {log[-1]['seconds'] / 60:.1f} minutes of training "
+        f"on {settings['threads']} CPU threads. Full log: `loss_log.jsonl`; settings: `train_settings.json`.",
+        "",
+        "## Quality",
+        "",
+        quality,
+        "",
+    ]
+    card_path.write_text("\n".join(lines))
+    return card_path
