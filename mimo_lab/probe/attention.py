@@ -195,6 +195,26 @@ class AttentionResult:
             self._patterns = out
         return self._patterns
 
+    def mass(self, queries, keys) -> torch.Tensor:
+        """[heads]: attention from each query position to the set `keys`, summed over the keys and
+        averaged over the queries (positions index the whole input: prompt + generated)."""
+        n = self.q.shape[1]
+        queries, keys = sorted(set(queries)), sorted(set(keys))
+        for pos in queries + keys:
+            if not isinstance(pos, int) or not 0 <= pos < n:
+                raise ValueError(f"position {pos!r} out of range: the input has {n} tokens")
+        if not queries or not keys:
+            raise ValueError("give at least one query and one key position")
+        q_idx = torch.tensor(queries, device=self.q.device)
+        k_idx = torch.tensor(keys, device=self.q.device)
+        out = torch.zeros(len(self.heads))
+        for hi, head in enumerate(self.heads):
+            scores = (self.q[head, q_idx] @ self.k[head // self.group].T) * self.scale  # [queries, n]
+            future = torch.arange(n, device=scores.device)[None, :] > q_idx[:, None]
+            probs = scores.masked_fill(future, -math.inf).softmax(-1)
+            out[hi] = float(probs[:, k_idx].sum(-1).mean())
+        return out
+
     def sink_mass(self) -> torch.Tensor:
         """[heads]: mean attention on the first token, over queries after it."""
         if self._sink is None:
@@ -287,6 +307,44 @@ class ReceiverHeads:
                                          f"{self.proximity})", height=160 + 30 * len(grid.index))
 
 
+class HeadScores:
+    """A score per (layer, head), e.g. attention mass from some positions to others."""
+
+    def __init__(self, frame: pd.DataFrame, what: str):
+        self.frame, self.what = frame, what
+
+    def __repr__(self) -> str:
+        best = self.frame.sort_values("score", ascending=False).head(3)
+        return f"HeadScores({self.what}; top: " + ", ".join(
+            f"L{r.layer}H{r.head} {r.score:.3f}" for r in best.itertuples()) + ")"
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame
+
+    def top(self, count: int = 10) -> pd.DataFrame:
+        return self.frame.sort_values("score", ascending=False).head(count)
+
+    def plot(self, title: str | None = None) -> go.Figure:
+        grid = self.frame.pivot(index="layer", columns="head", values="score")
+        fig = go.Figure(go.Heatmap(z=grid.values.tolist(), x=[f"H{h}" for h in grid.columns],
+                                   y=[f"L{layer}" for layer in grid.index], colorscale="Viridis",
+                                   colorbar=dict(title="score"),
+                                   hovertemplate="%{y} %{x}<br>%{z:.3f}<extra></extra>"))
+        fig.update_yaxes(autorange="reversed")
+        return base_layout(fig, title or self.what, height=160 + 30 * len(grid.index))
+
+
+def attention_between(lab, text_or_trace, queries, keys, layers=None, what: str | None = None) -> HeadScores:
+    """For every (layer, head): attention mass from `queries` to `keys` (see `AttentionResult.mass`)."""
+    layers = check_layers(lab, layers)
+    rows = []
+    for layer in layers:
+        masses = attention(lab, text_or_trace, layer).mass(queries, keys)
+        rows += [{"layer": layer, "head": head, "score": float(m)} for head, m in enumerate(masses)]
+    what = what or f"attention from {len(set(queries))} queries to {len(set(keys))} keys"
+    return HeadScores(pd.DataFrame(rows), what)
+
+
 def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "sentence") -> ReceiverHeads:
     """Score every head of `layers` by the kurtosis of vertical scores, averaged over traces."""
     traces = [traces] if not isinstance(traces, list | tuple) else list(traces)
@@ -306,4 +364,4 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
 
 
 __all__ = ["attention", "AttentionResult", "SentenceAttention", "receiver_heads", "ReceiverHeads", "kurtosis",
-           "post_rope_qk"]
+           "post_rope_qk", "attention_between", "HeadScores"]

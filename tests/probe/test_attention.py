@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mimo_lab
-from mimo_lab.probe.attention import attention, kurtosis, receiver_heads
+from mimo_lab.probe.attention import attention, attention_between, kurtosis, receiver_heads
 
 TEXT = ("I add 17 and 28 column by column. Ones: 7 + 8 = 15, write 5. Wait, check it again. Tens: 1 + 2 + 1 = 4. "
         "So the sum is 45. Check: 45 - 28 = 17. Correct. The answer is 45.")
@@ -72,6 +72,18 @@ def test_vertical_scores_kurtosis_and_sinks(lab, eager):
     centred = torch.tensor([1.0, 2.0, 3.0, 10.0]) - 4.0
     assert float(kurtosis(values)[0]) == pytest.approx(float((centred**4).mean() / (centred**2).mean() ** 2 - 3))
     torch.testing.assert_close(result.sink_mass(), eager[0][:, 1:, 0].mean(-1), atol=1e-5, rtol=1e-4)
+
+
+def test_mass_and_attention_between(lab, eager):
+    result = attention(lab, TEXT, 2)
+    queries, keys = [5, 9, 20], [0, 1, 4]
+    expected = eager[2][:, queries][:, :, keys].sum(-1).mean(-1)
+    torch.testing.assert_close(result.mass(queries, keys), expected, atol=1e-5, rtol=1e-4)
+    scores = attention_between(lab, TEXT, queries, keys, layers=[2])
+    assert scores.to_frame()["score"].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert scores.plot().data[0].type == "heatmap"
+    with pytest.raises(ValueError, match="position 999 out of range"):
+        result.mass([999], keys)
 
 
 def test_long_inputs_refuse_token_patterns_but_reduce(lab):
