@@ -57,6 +57,25 @@ def _nano_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    import mimo_lab
+    from mimo_lab.bench import run
+
+    sampling = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                                  "max_new_tokens": args.max_new_tokens}.items() if v is not None}
+    if args.greedy:
+        sampling["greedy"] = True
+    lab = mimo_lab.load(args.model, device=args.device)
+    result = run(lab, args.suite, samples=args.samples, out=args.out, seed=args.seed, batch_size=args.batch_size,
+                 limit=args.limit, backend=args.backend, **sampling)
+    summary = {k: v for k, v in result.summary.items() if k != "settings"}
+    print(json.dumps(summary, indent=1))
+    print(f"samples: {result.folder / 'samples.jsonl'}\nsummary: {result.folder / 'summary.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimo-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     demo.add_argument("--per-level", type=int, default=5, help="held-out problems per task and level")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="run a benchmark suite (resumable: run again with the same --out)")
+    bench.add_argument("--model", default=None, help="hub id or folder (default: MiMo-nano, also 'nano')")
+    bench.add_argument("--suite", default="nano", help="nano, math500, aime24, aime25, gsm8k, or a .jsonl/.csv/"
+                                                       ".parquet file in one of their schemas (default: nano)")
+    bench.add_argument("--limit", type=int, default=None, help="first N problems only")
+    bench.add_argument("--samples", type=int, default=1, help="samples per problem (default 1)")
+    bench.add_argument("--out", required=True, help="run folder: samples.jsonl, summary.json, traces/")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--batch-size", type=int, default=16)
+    bench.add_argument("--temperature", type=float, default=None)
+    bench.add_argument("--top-p", type=float, default=None)
+    bench.add_argument("--top-k", type=int, default=None)
+    bench.add_argument("--max-new-tokens", type=int, default=None)
+    bench.add_argument("--greedy", action="store_true")
+    bench.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    bench.add_argument("--device", default=None)
+    bench.set_defaults(func=_bench)
 
     nano = sub.add_parser("nano", help="MiMo-nano")
     nano_sub = nano.add_subparsers(dest="nano_command", required=True)
@@ -83,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, ImportError, FileNotFoundError) as err:
         print(f"mimo-lab: error: {err}", file=sys.stderr)
         return 2
 

@@ -213,7 +213,8 @@ class Lab:
         """Generate a Trace (a list of them for a list of prompts) with per-token analytics.
 
         sampling: temperature, top_p, top_k, max_new_tokens, greedy (defaults: the card's).
-        seed: the sample's seed (prompt i of a list uses seed + i); None draws one (recorded).
+        seed: the sample's seed (prompt i of a list uses seed + i, or seed[i] for a list of seeds);
+            None draws one (recorded in the Trace).
         mtp: run the MTP head over the finished trace (default: when the model has one).
         """
         single = isinstance(prompt_or_prompts, str) or (
@@ -221,14 +222,21 @@ class Lab:
         prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
         if not prompts:
             raise ValueError("no prompts given: pass a string or a non-empty list of strings")
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer or None")
+        if isinstance(seed, list | tuple):
+            if len(seed) != len(prompts) or not all(isinstance(s, int) and s >= 0 for s in seed):
+                raise ValueError(f"seed list {seed!r} is not allowed: give one non-negative integer per prompt "
+                                 f"({len(prompts)})")
+        elif seed is not None and (not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer, a list of them, or None")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r} is not allowed: use an integer >= 1")
         settings = self._sampling(sampling)
         texts = [self.format_prompt(p, system) for p in prompts]
-        base = generation.draw_seed() if seed is None else seed
-        seeds = [base + i for i in range(len(prompts))]
+        if isinstance(seed, list | tuple):
+            seeds = list(seed)
+        else:
+            base = generation.draw_seed() if seed is None else seed
+            seeds = [base + i for i in range(len(prompts))]
         with_mtp = self.has_mtp if mtp is None else bool(mtp and self.has_mtp)
         traces: list[Trace] = []
         with self._lock:

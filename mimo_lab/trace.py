@@ -92,10 +92,17 @@ class Trace:
         return self.text.strip() if bounds is None else self.text[bounds[2] :].strip()
 
     @property
+    def opened_thinking(self) -> bool:
+        """Whether the trace thinks: it wrote the opening tag, or the chat template opened it."""
+        if not self.think_start:
+            return False
+        return (self.think_start in self.text or (self.think_end or "\0") in self.text
+                or self.prompt_text.rstrip().endswith(self.think_start))
+
+    @property
     def closed_thinking(self) -> bool:
-        """Whether the think block was closed (False: truncated inside the thinking)."""
-        bounds = self._think_bounds()
-        return bounds is None or bounds[2] < len(self.text) or self.text.rstrip().endswith(self.think_end or "")
+        """Whether the think block was closed (False: the trace stopped inside its thinking)."""
+        return not self.opened_thinking or (self.think_end or "") in self.text
 
     @property
     def thinking_span(self) -> tuple[int, int] | None:

@@ -117,6 +117,176 @@ for token in lab.stream(PROMPT, seed=SEED, max_new_tokens=60):
     print(token.text, end="")
 """),
     ],
+    "02_attention_patterns.ipynb": [
+        md(f"""
+# 02 · Inside a trace: activations, lenses, attention, interventions
+
+Everything here works on traces of any length: capture runs in chunks with a KV cache, the logit lens keeps
+only the top-k per layer and position, and attention is recomputed from post-RoPE queries and keys one head and
+one block of queries at a time (sdpa stays on; all heads' n x n never exist at once).
+
+{PARAMS_NOTE}
+"""),
+        code("""
+MODEL = None                       # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
+PROMPT = "What is 4587 + 2698?"
+LAYER = -1                         # a layer to look at (negative counts from the end)
+SEED = 0
+""", tags=["parameters"]),
+        code("""
+import re
+
+import mimo_lab
+from mimo_lab.probe.attention import attention_between, receiver_heads
+from mimo_lab.probe.intervene import activation_patching, steering_vector, suppress_sentence
+from mimo_lab.probe.lens import logit_lens, mtp_lens
+
+lab = mimo_lab.load(MODEL)
+trace = lab.generate(PROMPT, greedy=True)
+start = trace.prompt_ids.numel()           # where generation begins in prompt + trace positions
+print(trace.thinking)
+"""),
+        md("## Activations\nNamed sites (`resid`, `attn_out`, `mlp_out`) per layer, saved as safetensors."),
+        code("""
+acts = lab.capture(trace, sites=("resid", "attn_out", "mlp_out"))
+print(acts)
+acts.plot("resid")
+"""),
+        md("## Logit lens\nEach layer's residual, unembedded: the top guess per position, coloured by the probability of the token that actually came next."),
+        code("""
+lens = logit_lens(lab, trace, k=3)
+lens.plot(start, start + 40)
+"""),
+        md("## The MTP head: where is it unsure?\nMiMo's MTP head guesses token t+2 at every position; its accuracy by step label shows which kinds of steps are predictable two tokens ahead."),
+        code("""
+if lab.has_mtp:
+    mtp = mtp_lens(lab, trace)
+    print(mtp)
+    display(mtp.by_label())
+    display(mtp.to_frame().sort_values("target_prob").head(8)[["token", "guess", "guess_prob", "target_prob", "label"]])
+    display(mtp.plot())
+"""),
+        md("## Attention patterns\nToken level for a window (checked against eager attention in the tests), sentence level for the whole trace."),
+        code("""
+layer = LAYER % lab.num_layers
+att = lab.attention(trace, layer)
+att.plot(head=0, start=start, end=min(start + 120, start + len(trace)))
+"""),
+        code("""
+sentences = att.by_sentence()
+sentences.plot()
+"""),
+        md("## Which heads fetch the digits being combined?\nWhen the trace writes a column step such as `Ones: 7 + 8`, the operand digits come from the prompt. Score every head by the attention mass from those written digits back to the digits of the prompt."),
+        code("""
+column = re.compile(r"(\\d) \\+ (\\d)")
+queries = sorted({start + trace.token_at(m.start(g)) for m in column.finditer(trace.text) for g in (1, 2)})
+prompt_tokens = lab.tokenizer.convert_ids_to_tokens(trace.prompt_ids.tolist())
+keys = [i for i, t in enumerate(prompt_tokens) if t.strip().isdigit()]
+print(f"{len(queries)} written operand digits, {len(keys)} prompt digits")
+digit_heads = attention_between(lab, trace, queries, keys, what="attention from written operand digits to the prompt's digits")
+display(digit_heads.top(5))
+digit_heads.plot()
+"""),
+        md("## Receiver heads and attention sinks\nThought Anchors' receiver heads: heads whose attention concentrates on a few sentences (high kurtosis of the attention each sentence receives from later ones)."),
+        code("""
+samples = lab.generate(["What is 4587 + 2698?", "What is 23 * 41?", "Sort these numbers: 51, 82, 20, 30, 67"], seed=SEED)
+receivers = receiver_heads(lab, samples, proximity=2)
+display(receivers.top(5))
+receivers.plot()
+"""),
+        md("## Interventions\n**Activation patching**: the ones digit of the first operand changes the first column's sum. Which layer and position carry it?"),
+        code("""
+prefix = lab.format_prompt("What is 4587 + 2698?") + "<think>\\nI add 4587 and 2698 column by column, from the right.\\nOnes: 7 + 8 = "
+corrupted = lab.format_prompt("What is 4586 + 2698?") + "<think>\\nI add 4586 and 2698 column by column, from the right.\\nOnes: 6 + 8 = "
+patching = activation_patching(lab, prefix, corrupted, "15")
+print(patching)
+patching.plot()
+"""),
+        md("**Steering**: the difference of means between backtracking sentences and the others, added during generation."),
+        code("""
+pool = lab.generate(["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "Multiply 87 by 8."] * 2, seed=SEED + 1)
+backtracking = [s.stripped for t in pool for s in t.sentences if "backtracking" in s.markers]
+others = [s.stripped for t in pool for s in t.sentences if not s.markers][:40]
+print(len(backtracking), "backtracking sentences,", len(others), "others")
+if backtracking and others:
+    vector = steering_vector(lab, backtracking, others, layer=lab.num_layers // 2)
+    prompts = ["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "What is 58 + 37?"] * 2
+    for scale in (-4.0, 0.0, 4.0):
+        with vector.apply(lab, scale):
+            traces = lab.generate(prompts, seed=SEED)
+        print(f"scale {scale:+.1f}: {sum('Wait' in t.thinking for t in traces)}/{len(traces)} traces backtrack, "
+              f"{sum(t.final_answer is not None for t in traces)} give an answer")
+"""),
+        md("**Attention suppression**: mask all attention to one sentence from everything after it, and see which later sentences change (KL of their next-token distributions)."),
+        code("""
+suppressed = suppress_sentence(lab, trace, 1)
+display(suppressed.to_frame().head(10))
+suppressed.plot()
+"""),
+    ],
+    "03_benchmark_failures.ipynb": [
+        md(f"""
+# 03 · Benchmark failures: where the model fails, and why
+
+Run a suite (every sample graded and appended to `samples.jsonl` as it finishes; re-running resumes), then
+look at accuracy by difficulty, the failure classes (wrong answer, truncated in/after thinking, repetition loop,
+format error, no answer, grader error), lengths, and open any sample's trace.
+
+{PARAMS_NOTE} For MATH-500 or AIME set `SUITE = "math500"` (through `datasets`) or a local file.
+"""),
+        code("""
+MODEL = None            # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
+SUITE = "nano"          # nano, math500, aime24, aime25, gsm8k, or a .jsonl/.csv/.parquet path
+LIMIT = None            # first N problems
+SAMPLES = 2             # samples per problem
+MAX_NEW_TOKENS = None   # None: the model card's
+OUT = None              # a folder to keep the run in (None: a temporary one)
+""", tags=["parameters"]),
+        code("""
+import tempfile
+
+import mimo_lab
+from mimo_lab import bench
+
+lab = mimo_lab.load(MODEL)
+suite = bench.nano_suite(per_cell=4) if SUITE == "nano" else bench.load_suite(SUITE)
+out = OUT or tempfile.mkdtemp(prefix="mimo-bench-")
+sampling = {} if MAX_NEW_TOKENS is None else {"max_new_tokens": MAX_NEW_TOKENS}
+result = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, out=out, **sampling)
+result
+"""),
+        code("""
+summary = result.summary
+{k: summary[k] for k in summary if k.startswith(("pass", "maj", "avg", "categories"))}
+"""),
+        code("""
+explorer = result.explore()
+explorer.accuracy()
+"""),
+        code("explorer.accuracy_figure()"),
+        code("explorer.failure_figure()"),
+        code("explorer.length_figure()"),
+        md("## The failures, one click from their traces"),
+        code("""
+failures = explorer.failures()
+failures.head(10)
+"""),
+        code("""
+if len(failures):
+    worst = failures.iloc[0]
+    print(worst.category, "| got", worst.extracted_answer, "| expected", worst.reference_answer, "|", worst.evidence)
+    display(explorer.trace_view(worst.problem_id, int(worst.sample_index)))
+"""),
+        md("## Comparing two settings\nThe same suite with greedy decoding: which problems flip, is the difference significant (McNemar), and how do failure classes move?"),
+        code("""
+greedy = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, out=tempfile.mkdtemp(prefix="mimo-bench-greedy-"),
+                   greedy=True, **sampling)
+comparison = bench.compare_runs(result, greedy)
+display(comparison.summary())
+comparison.plot()
+"""),
+        code("comparison.flips.head(10)"),
+    ],
 }
 
 

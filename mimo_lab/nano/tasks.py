@@ -30,13 +30,16 @@ RANDOM_SLIP_RATE = 0.08  # chance that a trace slips at one random step elsewher
 # Digits of the operands by level (addition / subtraction: the longer operand's digit count).
 _ADD_DIGITS = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6}
 # Multiplication: (digits of the first factor, digits of the second).
-_MUL_DIGITS = {1: (2, 1), 2: (2, 2), 3: (3, 2), 4: (3, 3), 5: (4, 4)}
+_MUL_DIGITS = {1: (2, 1), 2: (3, 1), 3: (2, 2), 4: (3, 2), 5: (3, 3)}
 # Linear equation a*x + b = c: ranges of a, x, b.
-_EQ_RANGES = {1: (5, 9, 9), 2: (9, 12, 20), 3: (9, 12, 50), 4: (19, 50, 99), 5: (49, 99, 999)}
+_EQ_RANGES = {1: (5, 5, 9), 2: (9, 9, 20), 3: (9, 12, 30), 4: (19, 50, 99), 5: (49, 99, 999)}
 # Letter counting: word length range.
 _WORD_LENGTHS = {1: (3, 5), 2: (6, 8), 3: (9, 11), 4: (12, 15), 5: (16, 20)}
 # Sorting: (list length range, largest number).
-_SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 5), 99), 3: ((6, 6), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
+_SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
+# How often each family is drawn in training: the ones that need more facts get more examples.
+TRAIN_WEIGHTS = {"addition": 1.0, "subtraction": 1.0, "multiplication": 1.6, "linear_equation": 1.4,
+                 "letter_count": 0.7, "sorting": 1.4}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
@@ -245,10 +248,10 @@ def _trace_addition(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]
     return "\n".join(think), f"{a} + {b} = \\boxed{{{total}}}.", slipper.used
 
 
-def _trace_subtraction(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]:
+def _column_sub(a: int, b: int, slipper: _Slipper) -> list[str]:
+    """Column subtraction a - b (a >= b), right to left, with borrows."""
     cols = len(str(a))
     ra, rb = _digits_rev(a), _digits_rev(b) + [0] * (cols - len(str(b)))
-    slipper = _Slipper(rng, cols)
     lines, borrow = [], 0
     for i in range(cols):
         top, bottom = ra[i], rb[i]
@@ -257,11 +260,17 @@ def _trace_subtraction(a: int, b: int, rng: random.Random) -> tuple[str, str, bo
         value = top - bottom - borrow + (10 if need else 0)
         shown = f"1{expr}" if need else expr
         prefix = f"{PLACES[i]}: {expr} needs a borrow, " if need else f"{PLACES[i]}: "
-        if slipper.should_slip(_is_hard(top, bottom)) and value > 0:
+        if value > 0 and slipper.should_slip(_is_hard(top, bottom)):
             lines.append(f"{prefix}{shown} = {value - 1}. Wait, {shown} = {value}, not {value - 1}.")
         else:
             lines.append(f"{prefix}{shown} = {value}.")
         borrow = 1 if need else 0
+    return lines
+
+
+def _trace_subtraction(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]:
+    slipper = _Slipper(rng, len(str(a)))
+    lines = _column_sub(a, b, slipper)
     think = [f"I subtract {b} from {a} column by column, from the right.", *lines,
              f"So {a} - {b} = {a - b}.", f"Check: {a - b} + {b} = {a}. Correct."]
     return "\n".join(think), f"{a} - {b} = \\boxed{{{a - b}}}.", slipper.used
@@ -277,11 +286,12 @@ def _trace_multiplication(a: int, b: int, rng: random.Random) -> tuple[str, str,
         for d in _digits_rev(a):
             product = d * digit
             total = product + carry
-            expr = f"{d} * {digit}" + (f" + {carry}" if carry else "")
+            # the times-table fact first, then the carry added: "3 * 9 + 4 = 27 + 4 = 31"
+            expr = f"{d} * {digit}" + (f" + {carry} = {product} + {carry}" if carry else "")
             write, new_carry = total % 10, total // 10
             rest = f"write {write}" + (f", carry {new_carry}." if new_carry else ".")
-            if slipper.should_slip(_is_hard(d, digit)):
-                steps.append(f"{expr} = {total - 1}. Wait, {expr} = {total}, not {total - 1}. So {rest}")
+            if not carry and slipper.should_slip(_is_hard(d, digit)):
+                steps.append(f"{d} * {digit} = {total - 1}. Wait, {d} * {digit} = {total}, not {total - 1}. So {rest}")
             else:
                 steps.append(f"{expr} = {total}, {rest}")
             carry = new_carry
@@ -308,19 +318,21 @@ def _trace_multiplication(a: int, b: int, rng: random.Random) -> tuple[str, str,
 
 
 def _trace_linear_equation(a: int, b: int, c: int, rng: random.Random) -> tuple[str, str, bool]:
-    slipper = _Slipper(rng, 2)
     rhs = c - b
     x = rhs // a
+    slipper = _Slipper(rng, len(str(max(c, rhs))) + 1)
     if b >= 0:
-        move, op = f"Subtract {b} from both sides", f"{c} - {b}"
+        move = f"Subtract {b} from both sides: {a}x = {c} - {b}."
+        columns = _column_sub(c, b, slipper)
     else:
-        move, op = f"Add {-b} to both sides", f"{c} + {-b}"
+        move = f"Add {-b} to both sides: {a}x = {c} + {-b}."
+        columns, _ = _column_add([c, -b], slipper)
     if slipper.should_slip(False):
-        first = f"{move}: {a}x = {op} = {rhs + 1}. Wait, {op} = {rhs}, not {rhs + 1}. So {a}x = {rhs}."
+        divide = (f"Divide both sides by {a}: x = {rhs} / {a} = {x + 1}. Wait, {a} * {x + 1} = {a * (x + 1)}, "
+                  f"not {rhs}. So x = {x}, because {a} * {x} = {rhs}.")
     else:
-        first = f"{move}: {a}x = {op} = {rhs}."
-    think = [f"I need x in {_equation_text(a, b, c)}.", first,
-             f"Divide both sides by {a}: x = {rhs} / {a} = {x}.",
+        divide = f"Divide both sides by {a}: x = {rhs} / {a} = {x}, because {a} * {x} = {rhs}."
+    think = [f"I need x in {_equation_text(a, b, c)}.", move, *columns, f"So {a}x = {rhs}.", divide,
              f"Check: {a} * {x} {'+' if b >= 0 else '-'} {abs(b)} = {a * x} {'+' if b >= 0 else '-'} {abs(b)} = {c}. "
              "Correct."]
     return "\n".join(think), f"x = \\boxed{{{x}}}.", slipper.used
@@ -387,14 +399,17 @@ def make_example(problem: Problem, rng: random.Random) -> Example:
 
 
 def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES, split="train") -> list[Example]:
-    """n examples, families and levels drawn uniformly, reproducible from the seed."""
+    """n examples (families drawn by TRAIN_WEIGHTS, levels uniformly), reproducible from the seed."""
     for family in families:
         for level in levels:
             _check_family_level(family, level)
     rng = random.Random(seed)
+    families = list(families)
+    weights = [TRAIN_WEIGHTS[f] for f in families]
     out = []
     for _ in range(n):
-        problem = make_problem(rng.choice(list(families)), rng.choice(list(levels)), rng, split=split)
+        family = rng.choices(families, weights)[0]
+        problem = make_problem(family, rng.choice(list(levels)), rng, split=split)
         out.append(make_example(problem, rng))
     return out
 

@@ -32,13 +32,13 @@ class TrainSettings:
     """Everything that decides the shipped weights. Change one and you get a different model."""
 
     seed: int = 0
-    steps: int = 2400
+    steps: int = 2300
     batch_size: int = 32
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup: int = 100
     weight_decay: float = 0.01
-    mtp_weight: float = 0.5
+    mtp_weight: float = 0.3
     grad_clip: float = 1.0
     pool_batches: int = 8  # batches drawn together and grouped by length (less padding)
     tokenizer_corpus: int = 6000
