@@ -244,23 +244,30 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
                     with_mtp: bool = False, top_alternatives: int = 5,
                     on_token: Callable[[StreamToken], None] | None = None,
                     stop_event: threading.Event | None = None, add_special_tokens: bool = False,
-                    min_new_tokens: int = 0) -> list[Trace]:
+                    min_new_tokens: int = 0, input_ids: list[list[int]] | None = None) -> list[Trace]:
     """Generate one Trace per prompt text (a batch, left-padded).
 
     min_new_tokens: EOS is impossible before this many tokens (for fixed-length benchmarks).
+    input_ids: the token ids to continue from (one list per prompt) instead of tokenizing the texts.
     """
     if on_token is not None and len(prompt_texts) != 1:
         raise ValueError(f"streaming takes one prompt at a time, got {len(prompt_texts)}")
     device = model.device
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-    finally:
-        tokenizer.padding_side = previous_side
-    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    decoder = TokenDecoder(tokenizer)
     eos = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    if input_ids is None:
+        previous_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            batch = tokenizer(prompt_texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+        finally:
+            tokenizer.padding_side = previous_side
+        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    else:
+        width = max(len(ids) for ids in input_ids)
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in input_ids], device=device)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in input_ids], device=device)
+    decoder = TokenDecoder(tokenizer)
     eos_set = set(eos)
 
     on_step = None
@@ -281,7 +288,6 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
 
     sampler = AnalyticsSampler(sampling, seeds, top_alternatives, on_step)
     stop_event = stop_event or threading.Event()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     sequences = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=sampling.max_new_tokens,
         eos_token_id=eos, pad_token_id=pad_id, logits_processor=LogitsProcessorList([sampler]),
@@ -329,6 +335,39 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
             trace.mtp = mtp_analytics(model, prompt_ids, trace.token_ids)
         traces.append(trace)
     return traces
+
+
+def resample_from(model, tokenizer, trace: Trace, position: int, *, sampling: Sampling, seed: int,
+                  with_mtp: bool = False, stop_event: threading.Event | None = None,
+                  on_token: Callable[[StreamToken], None] | None = None) -> Trace:
+    """A new Trace that keeps `trace`'s first `position` tokens (and their analytics) and samples the rest."""
+    if not isinstance(position, int) or not 0 <= position <= len(trace):
+        raise ValueError(f"position {position!r} out of range: the trace has {len(trace)} tokens (0–{len(trace)})")
+    prefix_ids = trace.token_ids[:position].tolist()
+    tail = generate_traces(model, tokenizer, [trace.prompt_text], [trace.prompt], sampling=sampling, seeds=[seed],
+                           model_name=trace.model_name, revision=trace.revision, with_mtp=False,
+                           top_alternatives=trace.top_ids.shape[1] if trace.top_ids.dim() == 2 else 5,
+                           input_ids=[trace.prompt_ids.tolist() + prefix_ids], stop_event=stop_event,
+                           on_token=on_token)[0]
+    ids = prefix_ids + tail.token_ids.tolist()
+    text, spans = TokenDecoder(tokenizer).decode_with_spans(ids)
+    joined = Trace(
+        prompt=trace.prompt, text=text, token_ids=torch.tensor(ids, dtype=torch.long),
+        token_texts=[text[s:e] for s, e in spans], spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2),
+        logprobs=torch.cat([trace.logprobs[:position], tail.logprobs]),
+        entropies=torch.cat([trace.entropies[:position], tail.entropies]),
+        model_entropies=torch.cat([trace.model_entropies[:position], tail.model_entropies]),
+        top_ids=torch.cat([trace.top_ids[:position], tail.top_ids]),
+        top_logprobs=torch.cat([trace.top_logprobs[:position], tail.top_logprobs]),
+        top_texts=trace.top_texts[:position] + tail.top_texts, finish_reason=tail.finish_reason,
+        prompt_text=trace.prompt_text, prompt_ids=trace.prompt_ids, model_name=trace.model_name,
+        revision=trace.revision, sampling=sampling.as_dict(), seed=seed, think_start=trace.think_start,
+        think_end=trace.think_end,
+        meta={**trace.meta, "resampled_from": {"position": position, "seed": trace.seed}},
+    )
+    if with_mtp and len(ids):
+        joined.mtp = mtp_analytics(model, trace.prompt_ids, joined.token_ids)
+    return joined
 
 
 @torch.no_grad()

@@ -273,6 +273,16 @@ class Lab:
         sampling.update(overrides)
         return self.generate(trace.prompt, seed=trace.seed, mtp=trace.mtp is not None, **sampling)
 
+    def resample(self, trace: Trace, position: int, *, seed: int | None = None, mtp: bool | None = None,
+                 **sampling) -> Trace:
+        """Keep the trace's first `position` tokens and sample the rest again ("resample from here")."""
+        settings = self._sampling(sampling or {k: v for k, v in trace.sampling.items() if k in _SAMPLING_KEYS})
+        seed = generation.draw_seed() if seed is None else seed
+        with_mtp = self.has_mtp if mtp is None else bool(mtp and self.has_mtp)
+        with self._lock:
+            return generation.resample_from(self.model, self.tokenizer, trace, position, sampling=settings,
+                                            seed=seed, with_mtp=with_mtp)
+
     def stream(self, prompt: str | list[dict], *, seed: int | None = None, system: str | None = None,
                **sampling) -> Iterator[generation.StreamToken]:
         """Yield tokens as they are generated. Leaving the loop early stops generation at once;
@@ -280,6 +290,7 @@ class Lab:
         settings = self._sampling(sampling)
         text = self.format_prompt(prompt, system)
         seed = generation.draw_seed() if seed is None else seed
+        self.last_trace = None
         tokens: queue.Queue = queue.Queue()
         stop = threading.Event()
         done = object()

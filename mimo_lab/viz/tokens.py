@@ -66,19 +66,24 @@ def token_html(trace, color_by: str = "entropy", max_tokens: int | None = 4000) 
             f"{legend}{''.join(parts)}{more}</div>")
 
 
+def token_rows(token_texts: list[str], tokens_per_row: int = 24) -> list[list[int]]:
+    """Token indices laid out in rows: a new row after `tokens_per_row` tokens or after a newline."""
+    rows: list[list[int]] = [[]]
+    for i, text in enumerate(token_texts):
+        if len(rows[-1]) >= tokens_per_row:
+            rows.append([])
+        rows[-1].append(i)
+        if "\n" in text:
+            rows.append([])
+    return [r for r in rows if r] or [[]]
+
+
 def token_figure(trace, color_by: str = "entropy", tokens_per_row: int = 24, max_tokens: int = 2000,
                  title: str | None = None) -> go.Figure:
     """A token grid (rows follow the text's lines): colour = `color_by`, hover = the alternatives."""
     values = _values(trace, color_by)
     shown = min(len(trace), max_tokens)
-    rows: list[list[int]] = [[]]
-    for i in range(shown):
-        if len(rows[-1]) >= tokens_per_row:
-            rows.append([])
-        rows[-1].append(i)
-        if "\n" in trace.token_texts[i]:
-            rows.append([])
-    rows = [r for r in rows if r] or [[]]
+    rows = token_rows(trace.token_texts[:shown], tokens_per_row)
     z, text, hover = [], [], []
     for row in rows:
         pad = tokens_per_row - len(row)
