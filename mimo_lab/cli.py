@@ -67,7 +67,7 @@ def _bench(args: argparse.Namespace) -> int:
                                   "max_new_tokens": args.max_new_tokens}.items() if v is not None}
     if args.greedy:
         sampling["greedy"] = True
-    lab = mimo_lab.load(args.model, device=args.device)
+    lab = mimo_lab.load(args.model, device=args.device, weights=args.backend != "vllm")
     result = run(lab, args.suite, samples=args.samples, out=args.out, seed=args.seed, batch_size=args.batch_size,
                  limit=args.limit, backend=args.backend, **sampling)
     summary = {k: v for k, v in result.summary.items() if k != "settings"}

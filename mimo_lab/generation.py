@@ -337,6 +337,50 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
     return traces
 
 
+def generate_remote(lab, prompt_texts: list[str], prompts: list, *, sampling: Sampling, seeds: list[int],
+                    top_alternatives: int = 5) -> list[Trace]:
+    """Generation through nnsight (NDIF, or its local simulation), one prompt per request; the
+    per-token analytics come from a second traced pass that returns only [tokens, k] tensors."""
+    tokenizer = lab.tokenizer
+    eos = eos_token_ids(lab.model, tokenizer)
+    decoder = TokenDecoder(tokenizer)
+    options = lab.trace_options
+    traces = []
+    for text, prompt, seed in zip(prompt_texts, prompts, seeds, strict=True):
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": not sampling.greedy, "eos_token_id": eos,
+                  "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]}
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or 0)
+        torch.manual_seed(seed)  # reproducible under the local simulation; NDIF seeds its own workers
+        with lab.nn.generate(ids, **kwargs, **options) as tracer:
+            sequence = tracer.result.save()
+        generated = sequence[0, ids.shape[1]:].tolist()
+        n = next((i for i, t in enumerate(generated) if t in set(eos)), None)
+        finish = "stop" if n is not None else "length"
+        generated = generated[: len(generated) if n is None else n]
+        full = torch.tensor(ids[0].tolist() + generated)[None]
+        start, k = ids.shape[1], top_alternatives
+        with lab.nn.trace(full, **options):
+            logprobs = lab.nn.lm_head.output[0, start - 1 : -1].float().log_softmax(-1)
+            top = logprobs.topk(k, dim=-1)
+            top_values, top_indices = top.values.save(), top.indices.save()
+            entropy = (-(logprobs.exp() * logprobs).sum(-1)).save()
+            chosen = logprobs.gather(-1, full[0, start:, None].to(logprobs.device))[:, 0].save()
+        text_out, spans = decoder.decode_with_spans(generated)
+        traces.append(Trace(
+            prompt=prompt if isinstance(prompt, str) else str(prompt), text=text_out,
+            token_ids=torch.tensor(generated, dtype=torch.long), token_texts=[text_out[s:e] for s, e in spans],
+            spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2), logprobs=chosen.cpu(),
+            entropies=entropy.cpu(), model_entropies=entropy.cpu(), top_ids=top_indices.cpu(),
+            top_logprobs=top_values.cpu(), top_texts=[[decoder.token_text(i) for i in row]
+                                                      for row in top_indices.tolist()],
+            finish_reason=finish, prompt_text=text, prompt_ids=ids[0], model_name=lab.name, revision=lab.revision,
+            sampling=sampling.as_dict(), seed=seed, think_start=lab.card.think_start, think_end=lab.card.think_end,
+            meta={"analytics": "second pass", "remote": lab.remote}))
+    return traces
+
+
 def resample_from(model, tokenizer, trace: Trace, position: int, *, sampling: Sampling, seed: int,
                   with_mtp: bool = False, stop_event: threading.Event | None = None,
                   on_token: Callable[[StreamToken], None] | None = None) -> Trace:

@@ -147,14 +147,27 @@ def _model_class(model_type: str, folder: Path):
 class Lab:
     """A model ready to look into: `.model` (torch), `.tokenizer`, `.card`, `.nn` (nnsight)."""
 
-    def __init__(self, model, tokenizer, card: ModelCard, name: str, revision: str | None = None):
+    def __init__(self, model, tokenizer, card: ModelCard, name: str, revision: str | None = None, *,
+                 remote: bool | str = False, has_weights: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.card = card
         self.name = name
         self.revision = revision
+        self.remote = remote
+        self.has_weights = has_weights
         self._nn = None
         self._lock = threading.Lock()
+
+    @property
+    def trace_options(self) -> dict:
+        """Keyword arguments every probe passes to `lab.nn.trace` (remote execution when asked)."""
+        return {"remote": self.remote} if self.remote else {}
+
+    def _need_weights(self, what: str) -> None:
+        if not self.has_weights:
+            where = "on NDIF (remote=True)" if self.remote is True else "elsewhere (weights=False)"
+            raise ValueError(f"{what} needs the weights on this machine, but this Lab's model runs {where}")
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
@@ -179,7 +192,11 @@ class Lab:
         if self._nn is None:
             from nnsight.modeling.transformers import TransformersModel
 
-            self._nn = TransformersModel(self.model, tokenizer=self.tokenizer)
+            if self.remote is True:
+                # NDIF serves the checkpoint by its hub id; the local module is an empty (meta) copy.
+                self._nn = TransformersModel(self.name, tokenizer=self.tokenizer, dispatch=False)
+            else:
+                self._nn = TransformersModel(self.model, tokenizer=self.tokenizer)
         return self._nn
 
     # ------------------------------------------------------------------ prompts
@@ -238,6 +255,9 @@ class Lab:
             base = generation.draw_seed() if seed is None else seed
             seeds = [base + i for i in range(len(prompts))]
         with_mtp = self.has_mtp if mtp is None else bool(mtp and self.has_mtp)
+        if self.remote:
+            return self._generate_remote(prompts, texts, settings, seeds, single)
+        self._need_weights("generation")
         traces: list[Trace] = []
         with self._lock:
             for start in range(0, len(prompts), batch_size):
@@ -261,6 +281,11 @@ class Lab:
         from mimo_lab.probe.attention import attention
 
         return attention(self, text_or_trace, layer, heads=heads, **options)
+
+    def _generate_remote(self, prompts, texts, settings, seeds, single):
+        with self._lock:
+            traces = generation.generate_remote(self, texts, prompts, sampling=settings, seeds=seeds)
+        return traces[0] if single else traces
 
     def regenerate(self, trace: Trace, **overrides) -> Trace:
         """Generate again from a (saved) trace's prompt, sampling settings and seed."""
@@ -326,18 +351,52 @@ class Lab:
 # ----------------------------------------------------------------------------- load
 
 
+def plan_device_map(config, max_memory: dict, dtype=torch.bfloat16) -> dict[str, int | str]:
+    """Where each module of a model would go across devices (accelerate's planner, nothing loaded).
+
+    config: a model config (e.g. `MiMoConfig.from_pretrained(folder)`); max_memory: e.g.
+    {0: "70GiB", 1: "70GiB", "cpu": "100GiB"}. Decoder layers and the MTP layer are never split.
+    """
+    from accelerate import infer_auto_device_map, init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = (MiMoForCausalLM(config) if isinstance(config, MiMoConfig)
+                 else AutoModelForCausalLM.from_config(config, trust_remote_code=False))
+    no_split = list({type(layer).__name__ for layer in model.model.layers} | {"MiMoMTPLayer"})
+    return dict(infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype))
+
+
+def _placement(device, device_map) -> tuple[torch.device | None, dict | str | None]:
+    """(single device, or a device map for several): "auto" spreads over every GPU when there are two or more."""
+    if device_map is not None:
+        if device not in (None, "auto"):
+            raise ValueError(f"give device or device_map, not both (device={device!r})")
+        return None, device_map
+    if (device is None or device == "auto") and torch.cuda.device_count() > 1:
+        return None, "auto"
+    return resolve_device(device), None
+
+
 def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = None, dtype=None,
-         revision: str | None = None) -> Lab:
+         revision: str | None = None, device_map: dict | str | None = None, remote: bool | str = False,
+         weights: bool = True) -> Lab:
     """Load a model into a Lab. No argument: MiMo-nano on the CPU, offline.
 
     name_or_path: a local checkpoint folder, or a hub id (read from the local cache when offline).
-    device: "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:N".
+    device: "auto" (every GPU when there are several, one GPU, else the CPU), "cpu", "cuda", "cuda:N".
     dtype: "auto" (bf16 on a GPU, fp32 on the CPU), "float32", "bfloat16", "float16".
+    device_map: an accelerate device map (module name -> GPU index, "cpu" or "disk") to shard by hand.
+    remote: True runs every trace on NDIF (nnsight remote execution; set NDIF_API_KEY), "local"
+        simulates that round trip on this machine; False (default) runs here.
+    weights: False loads config, tokenizer and card only (for the vLLM backend, which loads its own).
     """
     from transformers import AutoTokenizer, GenerationConfig
 
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    if remote not in (False, True, "local"):
+        raise ValueError(f"remote {remote!r} is not allowed: use False, True (NDIF) or 'local' (simulated)")
+    torch_device, map_spec = _placement(device, device_map)
+    torch_dtype = resolve_dtype(dtype, torch_device or torch.device("cuda"))
     is_nano = name_or_path is None or str(name_or_path).lower() in NANO_ALIASES
     if is_nano:
         folder, name = NANO_CHECKPOINT, NANO_NAME
@@ -350,13 +409,31 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     config_dict = json.loads((folder / "config.json").read_text())
     model_type = config_dict.get("model_type")
     config_class, model_class = _model_class(model_type, folder)
-    check_shards(folder)
 
     config = config_class.from_pretrained(folder, trust_remote_code=False)
-    model = model_class.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa",
-                                        trust_remote_code=False)
-    model.to(torch_device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if remote is True or not weights:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():  # no weights here: NDIF (or vLLM) holds them
+            model = (model_class(config) if model_class is MiMoForCausalLM
+                     else model_class.from_config(config, trust_remote_code=False))
+        model.config._attn_implementation = "sdpa"
+        model.eval()
+    else:
+        check_shards(folder)
+        extra = {}
+        if map_spec is not None:
+            extra["device_map"] = map_spec
+            if isinstance(map_spec, dict) and "disk" in map_spec.values():
+                import tempfile
+
+                extra["offload_folder"] = tempfile.mkdtemp(prefix="mimo-lab-offload-")
+        model = model_class.from_pretrained(folder, config=config, dtype=torch_dtype, attn_implementation="sdpa",
+                                            trust_remote_code=False, **extra)
+        if map_spec is None:
+            model.to(torch_device)
+        model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
@@ -364,4 +441,4 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     except OSError:
         generation_config = None
     card = NANO_CARD if is_nano else card_for(name, config, tokenizer, generation_config)
-    return Lab(model, tokenizer, card, name, revision)
+    return Lab(model, tokenizer, card, name, revision, remote=remote, has_weights=weights and remote is not True)

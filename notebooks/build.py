@@ -287,6 +287,89 @@ comparison.plot()
 """),
         code("comparison.flips.head(10)"),
     ],
+    "00_quickstart.ipynb": [
+        md(f"""
+# 00 · Quickstart: every capability once
+
+A tour in a dozen cells: load a model, generate a reasoning trace and look at it token by token, one attention
+view, a small benchmark with its failures, and the playground. The deeper notebooks:
+[01 reasoning traces](01_reasoning_traces.ipynb) · [02 attention and probing](02_attention_patterns.ipynb) ·
+[03 benchmark failures](03_benchmark_failures.ipynb) · [04 playground](04_playground.ipynb).
+
+{PARAMS_NOTE}
+"""),
+        code("""
+MODEL = None   # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
+PROMPT = "What is 128 + 367?"
+""", tags=["parameters"]),
+        code("""
+import mimo_lab
+from mimo_lab import bench
+from mimo_lab.widgets import Playground
+
+lab = mimo_lab.load(MODEL)
+lab
+"""),
+        code("""
+trace = lab.generate(PROMPT, greedy=True)
+print(trace.thinking, "\\n\\nanswer:", trace.answer, "| final answer:", trace.final_answer)
+"""),
+        code("trace.token_view('entropy')"),
+        code("trace.plot()"),
+        code("trace.sentences.to_frame()"),
+        code("lab.attention(trace, layer=lab.num_layers - 1).by_sentence().plot()"),
+        code("""
+import tempfile
+suite = bench.nano_suite(per_cell=2) if MODEL is None else bench.load_suite("math500", limit=10)
+result = bench.run(lab, suite, samples=1, out=tempfile.mkdtemp(), greedy=True)
+result.explore().failure_figure()
+"""),
+        code("result.explore().failures().head()"),
+        code("""
+playground = Playground(lab)
+playground
+"""),
+    ],
+    "04_playground.ipynb": [
+        md(f"""
+# 04 · Playground
+
+Type a prompt, set the sampling knobs, press **Generate** and watch the tokens stream into the thinking and
+answer panes; **Stop** ends it at once. When the trace is done its tokens appear coloured by entropy (or
+log-prob / MTP agreement): click one to see its alternatives and its logit lens, then **Resample from here**
+to keep the trace up to that token and sample the rest again. The history compares any two runs.
+
+{PARAMS_NOTE}
+"""),
+        code("""
+MODEL = None   # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
+PROMPT = "What is 478 + 387?"
+""", tags=["parameters"]),
+        code("""
+import mimo_lab
+from mimo_lab.widgets import Playground, TraceViewer
+
+lab = mimo_lab.load(MODEL)
+playground = Playground(lab)
+playground.prompt.value = PROMPT
+playground
+"""),
+        md("The same thing from code: `run` generates synchronously with the given settings and returns the Trace (the widget above shows it too)."),
+        code("""
+trace = playground.run(PROMPT, seed=0, temperature=0.6)
+print(trace.final_answer, trace.finish_reason, len(trace), "tokens")
+"""),
+        code("""
+viewer = TraceViewer(trace, lab)
+viewer.select(min(10, len(trace) - 1))   # what clicking token 10 does
+viewer
+"""),
+        code("""
+again = playground.run(PROMPT, seed=1, temperature=1.0)
+playground.compare()
+print(len(playground.history), "runs in the history")
+"""),
+    ],
 }
 
 

@@ -41,12 +41,16 @@ def post_rope_qk(lab, ids: torch.Tensor, layer: int,
                  chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(q [heads, n, head_dim], k [kv_heads, n, head_dim]) after RoPE, float32 on the model's device."""
     n = ids.shape[1]
+    if lab.remote and chunk_size is not None:
+        raise ValueError("chunk_size needs a local model (the KV cache stays on this machine): use chunk_size=None "
+                         "with remote execution")
     size = n if chunk_size is None else chunk_size
     cache = DynamicCache(config=lab.model.config) if size < n else None
     qs, ks = [], []
     attn = lab.nn.model.layers[layer].self_attn
     for start in range(0, n, size):
-        with quiet_cache_warning(), lab.nn.trace(ids[:, start : start + size], **trace_kwargs(cache)):
+        with quiet_cache_warning(), lab.nn.trace(ids[:, start : start + size], **trace_kwargs(cache),
+                                                 **lab.trace_options):
             rotated = attn.source.apply_rotary_pos_emb_0.output.save()
         q, k = rotated
         qs.append(q[0].float())

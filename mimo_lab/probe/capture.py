@@ -35,12 +35,15 @@ def iter_chunks(lab, ids: torch.Tensor, sites: tuple[str, ...], layers: list[int
     size = n if chunk_size is None else chunk_size
     if size < 1:
         raise ValueError(f"chunk_size {chunk_size!r} is not allowed: use an integer >= 1 or None")
+    if lab.remote and size < n:
+        raise ValueError("chunk_size needs a local model (the KV cache stays on this machine): use chunk_size=None "
+                         "with remote execution")
     cache = DynamicCache(config=lab.model.config) if size < n else None
     model = lab.nn.model
     for start in range(0, n, size):
         piece = ids[:, start : start + size]
         saved = {}
-        with torch.no_grad(), quiet_cache_warning(), lab.nn.trace(piece, **trace_kwargs(cache)):
+        with torch.no_grad(), quiet_cache_warning(), lab.nn.trace(piece, **trace_kwargs(cache), **lab.trace_options):
             # nnsight needs values in the order the model computes them: per layer attention,
             # then MLP, then the layer's output.
             for layer in layers:

@@ -94,13 +94,16 @@ def activation_patching(lab, clean: str, corrupted: str, target: str, layers=Non
         return float(logprobs.gather(-1, target_ids[:, None]).sum())
 
     clean_acts = capture(lab, clean + target, sites="resid", layers=layers)
-    clean_lp = target_logprob(lab.model(clean_enc.ids).logits)
-    corrupted_lp = target_logprob(lab.model(corrupt_enc.ids).logits)
+    with lab.nn.trace(clean_enc.ids, **lab.trace_options):
+        clean_logits = lab.nn.lm_head.output.save()
+    with lab.nn.trace(corrupt_enc.ids, **lab.trace_options):
+        corrupted_logits = lab.nn.lm_head.output.save()
+    clean_lp, corrupted_lp = target_logprob(clean_logits), target_logprob(corrupted_logits)
     patched = torch.zeros(len(layers), len(positions))
     for li, layer in enumerate(layers):
         for pi, pos in enumerate(positions):
             value = clean_acts.get("resid", layer)[pos].to(lab.device, lab.model.dtype)
-            with lab.nn.trace(corrupt_enc.ids):
+            with lab.nn.trace(corrupt_enc.ids, **lab.trace_options):
                 lab.nn.model.layers[layer].output[0, pos, :] = value
                 logits = lab.nn.lm_head.output.save()
             patched[li, pi] = target_logprob(logits)
@@ -128,6 +131,7 @@ class SteeringVector:
     def apply(self, lab, scale: float):
         """Inside the block, every forward pass adds scale * norm * direction to layer `layer`'s
         output at every position (so `lab.generate` produces steered traces)."""
+        lab._need_weights("steering during generation")
         if not isinstance(scale, int | float) or math.isnan(scale):
             raise ValueError(f"scale {scale!r} is not allowed: use a number (negative steers away)")
         shift = (scale * self.norm * self.direction).to(lab.device, lab.model.dtype)
@@ -253,6 +257,7 @@ def suppress_sentence(lab, trace: Trace, sentence: int, kind: str = "sentence") 
     """Mask attention to one sentence from all later tokens; KL on each later token."""
     if not isinstance(trace, Trace):
         raise ValueError(f"suppress_sentence needs a Trace, got {type(trace).__name__}")
+    lab._need_weights("attention suppression")
     ranges = _sentence_token_ranges(trace, kind)
     if not isinstance(sentence, int) or not 0 <= sentence < len(ranges):
         raise ValueError(f"{kind} {sentence!r} out of range: the trace has {len(ranges)} {kind}s (0–{len(ranges) - 1})")

@@ -87,6 +87,9 @@ def logit_lens(lab, text_or_trace, layers=None, k: int = 5, chunk_size: int | No
     Runs in chunks of `chunk_size` tokens (KV cache): memory never holds layers x seq x vocab.
     """
     layers = check_layers(lab, layers)
+    lab._need_weights("the logit lens (it unembeds on this machine)")
+    if lab.remote and chunk_size is not None:
+        chunk_size = None  # remote traces cannot carry a local KV cache
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k {k!r} is not allowed: use an integer >= 1")
     encoded = encode(lab, text_or_trace)

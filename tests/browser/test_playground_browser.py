@@ -1,0 +1,99 @@
+"""A real browser: JupyterLab in Debian's chromium, driven by Playwright, runs notebook 04, types a
+prompt into the playground, clicks Generate, waits for the streamed answer and the token view, and
+saves a screenshot (to the test's tmp dir, and to $MIMO_LAB_SCREENSHOT_DIR when set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_playground.ipynb"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    root, settings, workspaces = tmp_path / "root", tmp_path / "settings", tmp_path / "workspaces"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    news = settings / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
+                                                                        "checkForUpdates": False}))
+    port = _free_port()
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(workspaces)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.root_dir={root}",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
+         "--ServerApp.token=", "--ServerApp.password=", "--allow-root",
+         f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={workspaces}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/status", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("JupyterLab did not start")
+    yield url
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def test_playground_in_jupyterlab(jupyterlab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{jupyterlab}/lab/tree/{NOTEBOOK.name}?reset")
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        prompt = page.locator(".jupyter-widgets textarea").first
+        prompt.wait_for(timeout=120_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
+        prompt.fill("What is 23 * 41?")
+        page.locator(".jupyter-widgets button:has-text('Generate')").first.click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jupyter-widgets .widget-html-content')]"
+            ".some(e => e.textContent.includes('done') && e.textContent.includes('final answer'))", timeout=180_000)
+        answer = page.locator(".jupyter-widgets textarea").nth(3).input_value()  # prompt, system, thinking, answer
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+        assert answer.strip(), "the answer pane is empty"
+        heatmaps = page.locator(".js-plotly-plot .heatmaplayer").count()
+        assert heatmaps >= 1, "no coloured token view"
+        shot = tmp_path / "playground.png"
+        page.screenshot(path=str(shot), full_page=True)
+        target = os.environ.get("MIMO_LAB_SCREENSHOT_DIR")
+        if target:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(target) / "playground.png")
+        assert shot.stat().st_size > 20_000
+        browser.close()
