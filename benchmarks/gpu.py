@@ -60,8 +60,9 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).parent))
-    import mimo_lab
     from long_inputs import long_text
+
+    import mimo_lab
     from mimo_lab import generation
     from mimo_lab.lab import Lab
     from mimo_lab.models.cards import CARDS
