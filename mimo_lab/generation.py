@@ -361,8 +361,9 @@ def generate_remote(lab, prompt_texts: list[str], prompts: list, *, sampling: Sa
         generated = generated[: len(generated) if n is None else n]
         full = torch.tensor(ids[0].tolist() + generated)[None]
         start, k = ids.shape[1], top_alternatives
-        with lab.nn.trace(full, **options):
-            logprobs = lab.nn.lm_head.output[0, start - 1 : -1].float().log_softmax(-1)
+        model_nn = lab.nn  # a local name: the traced block is shipped, and must not carry the Lab
+        with model_nn.trace(full, **options):
+            logprobs = model_nn.lm_head.output[0, start - 1 : -1].float().log_softmax(-1)
             top = logprobs.topk(k, dim=-1)
             top_values, top_indices = top.values.save(), top.indices.save()
             entropy = (-(logprobs.exp() * logprobs).sum(-1)).save()

@@ -58,9 +58,10 @@ def test_console_script_runs():
 
 def test_readme_has_exactly_two_commands_and_ci_runs_the_test_one():
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
-    commands = [line for block in blocks[:2] for line in block.strip().splitlines()]
+    blocks = re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", readme, flags=re.S)
+    commands = [line for block in blocks for line in block.strip().splitlines()]
     assert len(commands) == 2, commands
+    assert commands[0].endswith("mimo-lab demo") and commands[1].endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci, "the CI script must run exactly the README's test command"
 

@@ -145,6 +145,7 @@ def run(lab, suite: Suite | str, *, samples: int = 1, out: str | Path | None = N
         raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer")
     suite = load_suite(suite, limit=limit) if isinstance(suite, str) else suite.limit(limit)
     resolved = lab._sampling(sampling).as_dict()  # validates before any work
+    generate = _backend(lab, backend)
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"mimo-lab-{suite.name}-"))
     settings = _settings(lab, suite, samples, seed, resolved, backend)
     _check_resume(folder, settings)
@@ -154,7 +155,6 @@ def run(lab, suite: Suite | str, *, samples: int = 1, out: str | Path | None = N
     done = {(r["problem_id"], r["sample_index"]) for r in read_samples(samples_path)}
     pending = [(p, k) for p in suite.problems for k in range(samples) if (p.id, k) not in done]
 
-    generate = _backend(lab, backend)
     bar = tqdm(total=len(suite.problems) * samples, initial=len(done), desc=f"{suite.name} · {lab.name}",
                disable=not progress)
     with samples_path.open("a") as sink:

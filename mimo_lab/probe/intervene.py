@@ -94,18 +94,19 @@ def activation_patching(lab, clean: str, corrupted: str, target: str, layers=Non
         return float(logprobs.gather(-1, target_ids[:, None]).sum())
 
     clean_acts = capture(lab, clean + target, sites="resid", layers=layers)
-    with lab.nn.trace(clean_enc.ids, **lab.trace_options):
-        clean_logits = lab.nn.lm_head.output.save()
-    with lab.nn.trace(corrupt_enc.ids, **lab.trace_options):
-        corrupted_logits = lab.nn.lm_head.output.save()
+    model_nn, options = lab.nn, lab.trace_options  # local names: traced blocks must not carry the Lab
+    with model_nn.trace(clean_enc.ids, **options):
+        clean_logits = model_nn.lm_head.output.save()
+    with model_nn.trace(corrupt_enc.ids, **options):
+        corrupted_logits = model_nn.lm_head.output.save()
     clean_lp, corrupted_lp = target_logprob(clean_logits), target_logprob(corrupted_logits)
     patched = torch.zeros(len(layers), len(positions))
     for li, layer in enumerate(layers):
         for pi, pos in enumerate(positions):
             value = clean_acts.get("resid", layer)[pos].to(lab.device, lab.model.dtype)
-            with lab.nn.trace(corrupt_enc.ids, **lab.trace_options):
-                lab.nn.model.layers[layer].output[0, pos, :] = value
-                logits = lab.nn.lm_head.output.save()
+            with model_nn.trace(corrupt_enc.ids, **options):
+                model_nn.model.layers[layer].output[0, pos, :] = value
+                logits = model_nn.lm_head.output.save()
             patched[li, pi] = target_logprob(logits)
     return PatchingResult(layers, positions, clean_enc.token_texts, patched, clean_lp, corrupted_lp, target)
 
