@@ -28,7 +28,7 @@ def child(tokens: int, layer: int) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from long_inputs import long_text
+    from common import long_text
 
     import mimo_lab
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -21,19 +20,13 @@ import torch
 import mimo_lab
 from mimo_lab import generation
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import median_time  # noqa: E402
+
 PROMPTS = ["What is 4821 + 3967?", "What is 905 - 47?", "What is 23 * 41?", "Solve for x: 3x + 7 = 25",
            "How many times does the letter 'r' appear in 'strawberry'?", "Sort these numbers: 5, 12, 3, 44, 17, 9",
            "What is 128 + 367?", "Multiply 57 by 86."]
 
-
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def measure(lab, tokens: int, repeats: int, batch: int, greedy: bool) -> dict:
@@ -68,16 +61,16 @@ def measure(lab, tokens: int, repeats: int, batch: int, greedy: bool) -> dict:
                                           with_mtp=False, min_new_tokens=tokens)
 
     out = {"batch": batch, "tokens": tokens, "greedy": greedy}
-    out["plain_s"] = _time(plain, repeats)
-    out["analytics_s"] = _time(analytics, repeats)
-    out["lab_generate_s"] = _time(full_lab_generate, repeats)
+    out["plain_s"] = median_time(plain, repeats)
+    out["analytics_s"] = median_time(analytics, repeats)
+    out["lab_generate_s"] = median_time(full_lab_generate, repeats)
     out["ratio_analytics"] = out["analytics_s"] / out["plain_s"]
     out["ratio_lab_generate"] = out["lab_generate_s"] / out["plain_s"]
     if lab.has_mtp:
         sequences = plain()
         width = enc["input_ids"].shape[1]
         rows = [(enc["input_ids"][i][enc["attention_mask"][i].bool()], sequences[i, width:]) for i in range(batch)]
-        out["mtp_pass_s"] = _time(lambda: [generation.mtp_analytics(lab.model, p, g) for p, g in rows], repeats)
+        out["mtp_pass_s"] = median_time(lambda: [generation.mtp_analytics(lab.model, p, g) for p, g in rows], repeats)
         out["ratio_mtp_pass"] = out["mtp_pass_s"] / out["plain_s"]
     return out
 

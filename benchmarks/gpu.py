@@ -60,7 +60,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from long_inputs import long_text
+    from common import long_text
 
     import mimo_lab
     from mimo_lab import generation

@@ -283,59 +283,42 @@ def attention(lab, text_or_trace, layer: int, heads=None, *, query_chunk: int = 
     return AttentionResult(lab, encoded, layer, heads, q, k, query_chunk, max_pattern_tokens)
 
 
-class ReceiverHeads:
-    """Receiver-head scores for every (layer, head): kurtosis of sentence vertical scores."""
-
-    def __init__(self, frame: pd.DataFrame, proximity: int):
-        self.frame, self.proximity = frame, proximity
-
-    def __repr__(self) -> str:
-        top = self.top(3)
-        best = ", ".join(f"L{r.layer}H{r.head} {r.kurtosis:.2f}" for r in top.itertuples())
-        return f"ReceiverHeads(top: {best})"
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.frame
-
-    def top(self, count: int = 20) -> pd.DataFrame:
-        return self.frame.sort_values("kurtosis", ascending=False).head(count)
-
-    def plot(self, title: str | None = None) -> go.Figure:
-        grid = self.frame.pivot(index="layer", columns="head", values="kurtosis")
-        fig = go.Figure(go.Heatmap(z=grid.values.tolist(), x=[f"H{h}" for h in grid.columns],
-                                   y=[f"L{layer}" for layer in grid.index], colorscale="Magma",
-                                   colorbar=dict(title="kurtosis"),
-                                   hovertemplate="%{y} %{x}<br>kurtosis %{z:.2f}<extra></extra>"))
-        fig.update_yaxes(autorange="reversed")
-        return base_layout(fig, title or f"receiver-head scores (kurtosis of vertical scores, proximity ≥ "
-                                         f"{self.proximity})", height=160 + 30 * len(grid.index))
-
-
 class HeadScores:
     """A score per (layer, head), e.g. attention mass from some positions to others."""
+
+    value, colorscale = "score", "Viridis"
 
     def __init__(self, frame: pd.DataFrame, what: str):
         self.frame, self.what = frame, what
 
     def __repr__(self) -> str:
-        best = self.frame.sort_values("score", ascending=False).head(3)
-        return f"HeadScores({self.what}; top: " + ", ".join(
-            f"L{r.layer}H{r.head} {r.score:.3f}" for r in best.itertuples()) + ")"
+        best = ", ".join(f"L{r.layer}H{r.head} {getattr(r, self.value):.3f}" for r in self.top(3).itertuples())
+        return f"{type(self).__name__}({self.what}; top: {best})"
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame
 
     def top(self, count: int = 10) -> pd.DataFrame:
-        return self.frame.sort_values("score", ascending=False).head(count)
+        return self.frame.sort_values(self.value, ascending=False).head(count)
 
     def plot(self, title: str | None = None) -> go.Figure:
-        grid = self.frame.pivot(index="layer", columns="head", values="score")
+        grid = self.frame.pivot(index="layer", columns="head", values=self.value)
         fig = go.Figure(go.Heatmap(z=grid.values.tolist(), x=[f"H{h}" for h in grid.columns],
-                                   y=[f"L{layer}" for layer in grid.index], colorscale="Viridis",
-                                   colorbar=dict(title="score"),
+                                   y=[f"L{layer}" for layer in grid.index], colorscale=self.colorscale,
+                                   colorbar=dict(title=self.value),
                                    hovertemplate="%{y} %{x}<br>%{z:.3f}<extra></extra>"))
         fig.update_yaxes(autorange="reversed")
         return base_layout(fig, title or self.what, height=160 + 30 * len(grid.index))
+
+
+class ReceiverHeads(HeadScores):
+    """Receiver-head scores for every (layer, head): kurtosis of sentence vertical scores."""
+
+    value, colorscale = "kurtosis", "Magma"
+
+    def __init__(self, frame: pd.DataFrame, proximity: int):
+        super().__init__(frame, f"receiver-head scores (kurtosis of vertical scores, proximity ≥ {proximity})")
+        self.proximity = proximity
 
 
 def attention_between(lab, text_or_trace, queries, keys, layers=None, what: str | None = None) -> HeadScores:

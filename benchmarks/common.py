@@ -1,6 +1,9 @@
-"""Long reasoning-like inputs for the benchmarks: MiMo-nano target traces joined to n tokens."""
+"""Shared by the benchmark scripts: long reasoning-like inputs, and timing by the median of repeats."""
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 
@@ -19,3 +22,14 @@ def long_text(tokenizer, tokens: int, seed: int = 0) -> tuple[str, torch.Tensor]
         batch += 1
     ids = ids[:tokens]
     return tokenizer.decode(ids), torch.tensor(ids)[None]
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` runs, after one warm-up run."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
