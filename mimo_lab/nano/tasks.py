@@ -38,8 +38,8 @@ _WORD_LENGTHS = {1: (3, 5), 2: (6, 8), 3: (9, 11), 4: (12, 15), 5: (16, 20)}
 # Sorting: (list length range, largest number).
 _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
 # How often each family is drawn in training: the ones that need more facts get more examples.
-TRAIN_WEIGHTS = {"addition": 1.0, "subtraction": 1.0, "multiplication": 1.6, "linear_equation": 1.4,
-                 "letter_count": 0.7, "sorting": 1.4}
+TRAIN_WEIGHTS = {"addition": 0.9, "subtraction": 1.1, "multiplication": 1.3, "linear_equation": 1.0,
+                 "letter_count": 1.5, "sorting": 1.7}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink

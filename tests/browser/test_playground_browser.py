@@ -81,10 +81,15 @@ def test_playground_in_jupyterlab(jupyterlab, tmp_path):
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
         prompt.fill("What is 23 * 41?")
         page.locator(".jupyter-widgets button:has-text('Generate')").first.click()
+        # the playground's textareas, in order: prompt, system, thinking, answer; the earlier cells already
+        # ran it once, so wait for this prompt's thinking to appear and the status to say done
         page.wait_for_function(
-            "() => [...document.querySelectorAll('.jupyter-widgets .widget-html-content')]"
-            ".some(e => e.textContent.includes('done') && e.textContent.includes('final answer'))", timeout=180_000)
-        answer = page.locator(".jupyter-widgets textarea").nth(3).input_value()  # prompt, system, thinking, answer
+            "() => { const boxes = [...document.querySelectorAll('.jupyter-widgets textarea')];"
+            " const done = [...document.querySelectorAll('.jupyter-widgets .widget-html-content')]"
+            ".some(e => e.textContent.startsWith('done'));"
+            " return done && boxes.length > 3 && boxes[2].value.includes('41') && boxes[3].value.length > 0; }",
+            timeout=180_000)
+        answer = page.locator(".jupyter-widgets textarea").nth(3).input_value()
         page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
         assert answer.strip(), "the answer pane is empty"
         heatmaps = page.locator(".js-plotly-plot .heatmaplayer").count()
