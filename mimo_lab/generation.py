@@ -46,9 +46,15 @@ class Sampling:
         return asdict(self)
 
 
-def resolve_sampling(card, *, temperature=None, top_p=None, top_k=None, max_new_tokens=None, greedy=False,
+def resolve_sampling(card, *, temperature=None, top_p=None, top_k=None, max_new_tokens=None, greedy=None,
                      context_length: int | None = None) -> Sampling:
-    """Fill unset settings from the model card and check every value (before any model work)."""
+    """Fill unset settings from the model card and check every value (before any model work).
+
+    greedy=None follows the card: greedy for a card that says so (MiMo-nano) unless a temperature,
+    top-p or top-k is given; sampling otherwise.
+    """
+    if greedy is None:
+        greedy = bool(getattr(card, "greedy", False)) and temperature is None and top_p is None and top_k is None
     temperature = card.temperature if temperature is None else temperature
     top_p = card.top_p if top_p is None else top_p
     top_k = card.top_k if top_k is None else top_k

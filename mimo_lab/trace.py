@@ -31,7 +31,7 @@ from mimo_lab.segment import Segments, segment
 FORMAT_VERSION = 1
 
 
-@dataclass
+@dataclass(eq=False)
 class Trace:
     """A generated trace; build it with `Lab.generate`, reopen it with `Trace.load`."""
 
@@ -165,13 +165,14 @@ class Trace:
         Models without think tags: of the whole text. `labeller`: any callable
         `(sentence, index, count) -> label` (default: `segment.RuleLabeller`).
         """
-        key = (kind, labeller)
+        key = (kind, id(labeller))  # labellers need not be hashable (RuleLabeller is a dataclass)
         cache = self.__dict__.setdefault("_segment_cache", {})
         if key not in cache:
             span = self.thinking_span or (0, len(self.text))
-            cache[key] = segment(self.text[span[0]:span[1]], kind=kind, labeller=labeller, offset=span[0],
-                                 full_text=self.text)
-        return cache[key]
+            # the labeller is kept with its result, so its id cannot be reused while cached
+            cache[key] = (labeller, segment(self.text[span[0]:span[1]], kind=kind, labeller=labeller,
+                                            offset=span[0], full_text=self.text))
+        return cache[key][1]
 
     @property
     def sentences(self) -> Segments:

@@ -46,6 +46,7 @@ HARD_PROMPT = "What is 48213 + 39674?"  # beyond it (5 digits)
 HARD_ANSWER = "87887"
 SAMPLES = 8
 SEED = 0
+TEMPERATURE = 0.6                 # for the sampled traces (MiMo's recommendation)
 """, tags=["parameters"]),
         code("""
 import mimo_lab
@@ -54,7 +55,7 @@ from mimo_lab.compare import divergence
 lab = mimo_lab.load(MODEL)
 lab, lab.card.sampling()
 """),
-        md("## One trace\n`generate` uses the model card's sampling (MiMo: temperature 0.6, top-p 0.95)."),
+        md("## One trace\n`generate` uses the model card's settings: MiMo samples at temperature 0.6, top-p 0.95; MiMo-nano decodes greedily unless given a temperature."),
         code("""
 trace = lab.generate(PROMPT, seed=SEED)
 print(trace.thinking)
@@ -80,7 +81,7 @@ else:
 """),
         md("## A correct and a wrong trace\nSample the same harder prompt several times and compare what the right and wrong samples look like."),
         code("""
-samples = lab.generate([HARD_PROMPT] * SAMPLES, seed=SEED + 100)
+samples = lab.generate([HARD_PROMPT] * SAMPLES, seed=SEED + 100, temperature=TEMPERATURE)
 correct = [t for t in samples if t.final_answer == HARD_ANSWER]
 wrong = [t for t in samples if t.final_answer != HARD_ANSWER]
 print(f"{len(correct)} correct, {len(wrong)} wrong of {len(samples)}")
@@ -132,6 +133,7 @@ MODEL = None                       # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
 PROMPT = "What is 4587 + 2698?"
 LAYER = -1                         # a layer to look at (negative counts from the end)
 SEED = 0
+TEMPERATURE = 0.6                  # for the sampled traces
 """, tags=["parameters"]),
         code("""
 import re
@@ -204,7 +206,8 @@ patching.plot()
 """),
         md("**Steering**: the difference of means between backtracking sentences and the others, added during generation."),
         code("""
-pool = lab.generate(["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "Multiply 87 by 8."] * 2, seed=SEED + 1)
+pool = lab.generate(["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "Multiply 87 by 8."] * 2,
+                    seed=SEED + 1, temperature=TEMPERATURE)
 backtracking = [s.stripped for t in pool for s in t.sentences if "backtracking" in s.markers]
 others = [s.stripped for t in pool for s in t.sentences if not s.markers][:40]
 print(len(backtracking), "backtracking sentences,", len(others), "others")
@@ -213,7 +216,7 @@ if backtracking and others:
     prompts = ["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "What is 58 + 37?"] * 2
     for scale in (-4.0, 0.0, 4.0):
         with vector.apply(lab, scale):
-            traces = lab.generate(prompts, seed=SEED)
+            traces = lab.generate(prompts, seed=SEED, temperature=TEMPERATURE)
         print(f"scale {scale:+.1f}: {sum('Wait' in t.thinking for t in traces)}/{len(traces)} traces backtrack, "
               f"{sum(t.final_answer is not None for t in traces)} give an answer")
 """),

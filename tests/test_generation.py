@@ -9,7 +9,7 @@ import torch
 
 import mimo_lab
 from mimo_lab.generation import TokenDecoder, resolve_sampling
-from mimo_lab.models.cards import NANO_CARD
+from mimo_lab.models.cards import CARDS, NANO_CARD
 
 PROMPTS = ["What is 128 + 367?", "hi", "Hello world, this is a much longer prompt than the others. Solve for x."]
 
@@ -136,7 +136,12 @@ def test_bad_sampling_settings_are_refused(lab):
 
 def test_resolve_sampling_uses_the_card():
     s = resolve_sampling(NANO_CARD)
-    assert (s.temperature, s.top_p, s.max_new_tokens, s.greedy) == (0.6, 0.95, NANO_CARD.max_new_tokens, False)
+    assert s.greedy and s.max_new_tokens == NANO_CARD.max_new_tokens  # MiMo-nano's card: greedy by default
+    sampled = resolve_sampling(NANO_CARD, temperature=0.7)
+    assert not sampled.greedy and (sampled.temperature, sampled.top_p) == (0.7, 0.95)
+    assert not resolve_sampling(NANO_CARD, greedy=False).greedy
+    mimo = resolve_sampling(CARDS["XiaomiMiMo/MiMo-7B-RL"])
+    assert (mimo.temperature, mimo.top_p, mimo.greedy) == (0.6, 0.95, False)
     assert resolve_sampling(NANO_CARD, greedy=True, temperature=0).greedy  # temperature ignored when greedy
 
 

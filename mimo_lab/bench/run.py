@@ -144,6 +144,7 @@ def run(lab, suite: Suite | str, *, samples: int = 1, out: str | Path | None = N
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer")
     suite = load_suite(suite, limit=limit) if isinstance(suite, str) else suite.limit(limit)
+    sampling.setdefault("greedy", False)  # k samples per problem: sample unless told otherwise
     resolved = lab._sampling(sampling).as_dict()  # validates before any work
     generate = _backend(lab, backend)
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"mimo-lab-{suite.name}-"))

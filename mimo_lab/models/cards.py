@@ -28,6 +28,7 @@ class ModelCard:
     has_mtp: bool = False
     published: dict[str, float] = field(default_factory=dict)
     notes: str = ""
+    greedy: bool = False  # decode greedily unless the caller gives sampling settings
 
     def sampling(self) -> dict:
         """The recommended sampling settings as keyword arguments of `Lab.generate`."""
@@ -73,8 +74,10 @@ CARDS: dict[str, ModelCard] = {
 
 NANO_CARD = ModelCard(
     name="MiMo-nano", family="mimo", system_prompt="", temperature=0.6, top_p=0.95, max_new_tokens=768,
-    context_length=32768, has_mtp=True, published={},
-    notes="Tiny MiMo-architecture model trained by `mimo-lab nano train`; see mimo_lab/nano/checkpoint/README.md.",
+    context_length=32768, has_mtp=True, published={}, greedy=True,
+    notes="Tiny MiMo-architecture model trained by `mimo-lab nano train`; see mimo_lab/nano/checkpoint/README.md. "
+          "Decodes greedily by default (its accuracy is measured that way); give a temperature to sample "
+          "(MiMo's 0.6 is the slider's default).",
 )
 
 
