@@ -396,7 +396,13 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     if remote not in (False, True, "local"):
         raise ValueError(f"remote {remote!r} is not allowed: use False, True (NDIF) or 'local' (simulated)")
     torch_device, map_spec = _placement(device, device_map)
-    torch_dtype = resolve_dtype(dtype, torch_device or torch.device("cuda"))
+    if torch_device is None:  # sharded: bf16 by default when any part sits on a GPU
+        on_gpu = map_spec == "auto" or any(isinstance(v, int) or str(v).startswith("cuda") for v in map_spec.values())
+        torch_device = torch.device("cuda" if on_gpu else "cpu")
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        torch_device = None
+    else:
+        torch_dtype = resolve_dtype(dtype, torch_device)
     is_nano = name_or_path is None or str(name_or_path).lower() in NANO_ALIASES
     if is_nano:
         folder, name = NANO_CHECKPOINT, NANO_NAME

@@ -34,7 +34,9 @@ def test_notebook_runs_on_nano(path, tmp_path):
     nb = _run(path, tmp_path)
     outputs = _outputs(nb)
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs), "no plotly figure shown"
+    shown = [o.get("data", {}) for o in outputs]
+    assert any("application/vnd.plotly.v1+json" in d or "application/vnd.jupyter.widget-view+json" in d
+               for d in shown), "no figure or widget shown"
 
 
 def test_reasoning_notebook_runs_unchanged_on_a_hub_layout_mimo(mimo_checkpoint, tmp_path):

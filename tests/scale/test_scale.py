@@ -85,6 +85,7 @@ def test_sharded_model_with_offloaded_layer_gives_the_same_probes(mimo_checkpoin
                   "lm_head": "cpu"}
     sharded = mimo_lab.load(mimo_checkpoint, device_map=device_map)
     assert hasattr(sharded.model.model.layers[1], "_hf_hook")  # accelerate moves its weights in and out
+    assert sharded.model.dtype == torch.float32  # a CPU/disk map keeps the CPU default
     torch.testing.assert_close(sharded.capture(TEXT, sites="resid")["resid"], lab.capture(TEXT, sites="resid")["resid"],
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logit_lens(sharded, TEXT, k=3).top_probs, logit_lens(lab, TEXT, k=3).top_probs,
@@ -94,6 +95,7 @@ def test_sharded_model_with_offloaded_layer_gives_the_same_probes(mimo_checkpoin
     a = sharded.generate("What is 1 + 2?", greedy=True, max_new_tokens=10)
     b = lab.generate("What is 1 + 2?", greedy=True, max_new_tokens=10)
     assert torch.equal(a.token_ids, b.token_ids)
+    torch.testing.assert_close(a.mtp["pred_prob"], b.mtp["pred_prob"], atol=1e-5, rtol=1e-4, equal_nan=True)
     with pytest.raises(ValueError, match="not both"):
         mimo_lab.load(mimo_checkpoint, device="cpu", device_map=device_map)
 
