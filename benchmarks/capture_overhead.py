@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import long_text, median_time  # noqa: E402
+from common import long_text, paired_times  # noqa: E402
 
 import mimo_lab  # noqa: E402
 
@@ -35,12 +35,11 @@ def main() -> None:
         with torch.no_grad():
             lab.model(ids)
 
-    rows = {}
-    for name, fn in [("plain forward", plain),
-                     ("capture resid, all layers", lambda: lab.capture(text, sites="resid")),
-                     ("capture resid+attn_out+mlp_out", lambda: lab.capture(text)),
-                     ("capture resid, 512-token chunks", lambda: lab.capture(text, sites="resid", chunk_size=512))]:
-        rows[name] = median_time(fn, args.repeats)
+    rows = paired_times({"plain forward": plain,
+                         "capture resid, all layers": lambda: lab.capture(text, sites="resid"),
+                         "capture resid+attn_out+mlp_out": lambda: lab.capture(text),
+                         "capture resid, 512-token chunks": lambda: lab.capture(text, sites="resid", chunk_size=512)},
+                        args.repeats)
     base = rows["plain forward"]
     result = {"model": lab.name, "tokens": args.tokens, "seconds": rows,
               "ratios": {k: v / base for k, v in rows.items()}}

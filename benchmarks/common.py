@@ -33,3 +33,16 @@ def median_time(fn, repeats: int) -> float:
         fn()
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
+
+
+def paired_times(fns: dict, repeats: int) -> dict[str, float]:
+    """Median time of each function, run in turn within every repeat (so drift hits all alike)."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}

@@ -21,7 +21,7 @@ import mimo_lab
 from mimo_lab import generation
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median_time  # noqa: E402
+from common import median_time, paired_times  # noqa: E402
 
 PROMPTS = ["What is 4821 + 3967?", "What is 905 - 47?", "What is 23 * 41?", "Solve for x: 3x + 7 = 25",
            "How many times does the letter 'r' appear in 'strawberry'?", "Sort these numbers: 5, 12, 3, 44, 17, 9",
@@ -61,9 +61,8 @@ def measure(lab, tokens: int, repeats: int, batch: int, greedy: bool) -> dict:
                                           with_mtp=False, min_new_tokens=tokens)
 
     out = {"batch": batch, "tokens": tokens, "greedy": greedy}
-    out["plain_s"] = median_time(plain, repeats)
-    out["analytics_s"] = median_time(analytics, repeats)
-    out["lab_generate_s"] = median_time(full_lab_generate, repeats)
+    times = paired_times({"plain": plain, "analytics": analytics, "lab": full_lab_generate}, repeats)
+    out["plain_s"], out["analytics_s"], out["lab_generate_s"] = times["plain"], times["analytics"], times["lab"]
     out["ratio_analytics"] = out["analytics_s"] / out["plain_s"]
     out["ratio_lab_generate"] = out["lab_generate_s"] / out["plain_s"]
     if lab.has_mtp:

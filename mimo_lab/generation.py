@@ -162,7 +162,11 @@ class StreamToken:
 
 
 class AnalyticsSampler(LogitsProcessor):
-    """Records per-token analytics from raw logits and picks the next token itself (see module doc)."""
+    """Records per-token analytics from raw logits and picks the next token itself (see module doc).
+
+    Sampling is by inverse CDF with uniforms drawn up front from each row's own generator, so
+    the whole batch samples in one vectorised step and a row's tokens depend only on its seed.
+    """
 
     def __init__(self, sampling: Sampling, seeds: list[int], top_alternatives: int = 5,
                  on_step: Callable[[torch.Tensor, dict], None] | None = None):
@@ -170,7 +174,8 @@ class AnalyticsSampler(LogitsProcessor):
         self.seeds = seeds
         self.k = top_alternatives
         self.on_step = on_step
-        self.generators: list[torch.Generator] | None = None
+        self.step = 0
+        self.uniforms: torch.Tensor | None = None
         self.warpers = [] if sampling.greedy else [
             TemperatureLogitsWarper(sampling.temperature),
             *([TopKLogitsWarper(sampling.top_k)] if sampling.top_k else []),
@@ -179,37 +184,40 @@ class AnalyticsSampler(LogitsProcessor):
         self.records: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("token", "logprob", "entropy", "model_entropy", "top_ids", "top_logprobs")}
 
-    @staticmethod
-    def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
-        probs = logprobs.exp()
-        return -(probs * torch.where(probs > 0, logprobs, torch.zeros_like(logprobs))).sum(-1)
+    def _draw(self, device: torch.device) -> torch.Tensor:
+        rows = [torch.rand(self.sampling.max_new_tokens, generator=torch.Generator().manual_seed(s),
+                           dtype=torch.float64) for s in self.seeds]
+        return torch.stack(rows).clamp(min=1e-12).to(device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         logprobs = scores.float().log_softmax(-1)
-        model_entropy = self._entropy(logprobs)
+        model_entropy = torch.special.entr(logprobs.exp()).sum(-1)
         top = logprobs.topk(min(self.k, logprobs.shape[-1]), dim=-1)
-        if self.sampling.greedy:
-            chosen, entropy = logprobs.argmax(-1), model_entropy
+        if self.sampling.greedy:  # the top-1 alternative is the greedy choice
+            chosen, chosen_logprob, entropy = top.indices[:, 0], top.values[:, 0], model_entropy
         else:
             warped = scores.float()
             for warper in self.warpers:
                 warped = warper(input_ids, warped)
-            sample_logprobs = warped.log_softmax(-1)
-            entropy = self._entropy(sample_logprobs)
-            if self.generators is None:
-                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-            probs = sample_logprobs.exp()
-            chosen = torch.stack([torch.multinomial(probs[row], 1, generator=gen)[0]
-                                  for row, gen in enumerate(self.generators)])
-        step = {"token": chosen, "logprob": logprobs.gather(-1, chosen[:, None])[:, 0], "entropy": entropy,
+            probs = warped.softmax(-1)
+            entropy = torch.special.entr(probs).sum(-1)
+            if self.uniforms is None:
+                self.uniforms = self._draw(scores.device)
+            cdf = probs.double().cumsum(-1)
+            target = self.uniforms[:, self.step : self.step + 1] * cdf[:, -1:]
+            chosen = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+            chosen_logprob = logprobs.gather(-1, chosen[:, None])[:, 0]
+        self.step += 1
+        step = {"token": chosen, "logprob": chosen_logprob, "entropy": entropy,
                 "model_entropy": model_entropy, "top_ids": top.indices, "top_logprobs": top.values}
         for key, value in step.items():
             self.records[key].append(value)
         if self.on_step is not None:
             self.on_step(chosen, step)
+        if self.sampling.greedy:
+            return scores  # generate's own argmax picks the same token
         one_hot = torch.full_like(scores, -math.inf)
-        one_hot.scatter_(-1, chosen[:, None], 0.0)
-        return one_hot
+        return one_hot.scatter_(-1, chosen[:, None], 0.0)
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Each record as [batch, steps(, k)] on the CPU."""
@@ -221,9 +229,14 @@ class StopOnEvent(StoppingCriteria):
 
     def __init__(self, event: threading.Event):
         self.event = event
+        self._running: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        if self.event.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self._running is None:
+            self._running = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return self._running
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

@@ -75,6 +75,9 @@ def token_groups(encoded: Encoded, kind: str = "sentence", labeller=None) -> tup
             info.append({"name": f"{kind} {s.index}", "label": s.label, "text": s.stripped})
         for i, seg in enumerate(of_token):
             groups[offset + i] = 1 + seg if seg >= 0 else -1
+        inside = (groups[offset:] >= 0).nonzero().flatten()
+        if len(inside):  # tokens before the first sentence ("<think>\n") join the prompt group
+            groups[offset : offset + int(inside[0])] = 0
         rest = (groups[offset:] == -1).nonzero().flatten()
         if len(rest):
             answer_id = len(info)
@@ -231,27 +234,23 @@ class AttentionResult:
 
     def by_sentence(self, kind: str = "sentence", labeller=None) -> SentenceAttention:
         groups, info = token_groups(self.encoded, kind, labeller)
+        if (groups < 0).any() or (groups[1:] < groups[:-1]).any():
+            raise ValueError("sentence groups must cover every token in order (contiguous spans)")
         groups = groups.to(self.q.device)
         count = len(info)
-        sums = torch.zeros(len(self.heads), count, count, dtype=torch.float64, device=self.q.device)
-        pairs = torch.zeros(count, count, dtype=torch.float64, device=self.q.device)
-        valid = groups >= 0
-        key_group = groups.clamp(min=0)
+        # Only [query chunk, keys] and [groups, groups] arrays ever exist: memory is linear in the trace.
+        sums = torch.zeros(len(self.heads), count, count, device=self.q.device)
         for hi, start, probs in self._blocks():
-            end = start + probs.shape[0]
-            qgroup = key_group[start:end]
-            keep_q = valid[start:end].double()
-            by_key = torch.zeros(probs.shape[0], count, dtype=torch.float64, device=probs.device)
-            by_key.index_add_(1, key_group[: probs.shape[1]], (probs * valid[: probs.shape[1]]).double())
-            sums[hi].index_add_(0, qgroup, by_key * keep_q[:, None])
-            if hi == 0:
-                causal = (torch.arange(probs.shape[1], device=probs.device)[None, :]
-                          <= torch.arange(start, end, device=probs.device)[:, None]).double()
-                counted = torch.zeros(probs.shape[0], count, dtype=torch.float64, device=probs.device)
-                counted.index_add_(1, key_group[: probs.shape[1]], causal * valid[: probs.shape[1]])
-                pairs.index_add_(0, qgroup, counted * keep_q[:, None])
-        matrix = torch.where(pairs > 0, sums / pairs.clamp(min=1), torch.tensor(math.nan, dtype=torch.float64))
-        return SentenceAttention(matrix.float().cpu(), self.heads, self.layer, info)
+            by_key = torch.zeros(probs.shape[0], count, device=probs.device)
+            by_key.index_add_(1, groups[: probs.shape[1]], probs)
+            sums[hi].index_add_(0, groups[start : start + probs.shape[0]], by_key)
+        # Causally valid (query, key) pairs per block, from the contiguous group sizes alone.
+        sizes = torch.bincount(groups, minlength=count).double().cpu()
+        pairs = sizes[:, None] * sizes[None, :]
+        pairs = pairs.tril(-1) + torch.diag(sizes * (sizes + 1) / 2)
+        matrix = torch.where(pairs > 0, sums.double().cpu() / pairs.clamp(min=1), torch.tensor(math.nan,
+                                                                                               dtype=torch.float64))
+        return SentenceAttention(matrix.float(), self.heads, self.layer, info)
 
     def plot(self, head: int | None = None, start: int = 0, end: int | None = None, kind: str = "sentence"):
         """Token-level heatmap for windows up to ~2k tokens; sentence level beyond."""
