@@ -90,10 +90,16 @@ def token_figure(trace, color_by: str = "entropy", tokens_per_row: int = 24, max
         z.append([values[i] for i in row] + [None] * pad)
         text.append([trace.token_texts[i].replace("\n", "↵") for i in row] + [""] * pad)
         hover.append([_hover(trace, i).replace("\n", "<br>") for i in row] + [""] * pad)
+    finite = [v for v in values[:shown] if not math.isnan(v)] or [0.0]
+    if color_by == "logprob":  # 0 (certain) is pale; the floor keeps near-certain traces pale
+        zmin, zmax, scale = min(min(finite), -2.0), 0.0, LOGPROB_SCALE
+    elif color_by == "mtp_target_prob":
+        zmin, zmax, scale = 0.0, 1.0, "Purples_r"
+    else:
+        zmin, zmax, scale = 0.0, max(max(finite), 1.0), ENTROPY_SCALE
     fig = go.Figure(go.Heatmap(
         z=z, text=text, hovertext=hover, hoverinfo="text", texttemplate="%{text}", textfont=dict(size=10),
-        colorscale=LOGPROB_SCALE if color_by == "logprob" else ENTROPY_SCALE, xgap=1, ygap=1,
-        colorbar=dict(title=color_by), zmin=None))
+        colorscale=scale, xgap=1, ygap=1, colorbar=dict(title=color_by), zmin=zmin, zmax=zmax))
     fig.update_yaxes(autorange="reversed", showticklabels=False)
     fig.update_xaxes(showticklabels=False)
     return base_layout(fig, title or f"tokens coloured by {color_by}", height=max(200, 22 * len(rows) + 80))
