@@ -50,8 +50,9 @@ def post_rope_qk(lab, ids: torch.Tensor, layer: int,
     attn = lab.nn.model.layers[layer].self_attn
     for start in range(0, n, size):
         with quiet_cache_warning(), lab.nn.trace(ids[:, start : start + size], **trace_kwargs(cache),
-                                                 **lab.trace_options):
+                                                 **lab.trace_options) as tracer:
             rotated = attn.source.apply_rotary_pos_emb_0.output.save()
+            tracer.stop()  # the layers after this one are not needed
         q, k = rotated
         qs.append(q[0].float())
         ks.append(k[0].float())

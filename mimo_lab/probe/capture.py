@@ -43,7 +43,8 @@ def iter_chunks(lab, ids: torch.Tensor, sites: tuple[str, ...], layers: list[int
     for start in range(0, n, size):
         piece = ids[:, start : start + size]
         saved = {}
-        with torch.no_grad(), quiet_cache_warning(), lab.nn.trace(piece, **trace_kwargs(cache), **lab.trace_options):
+        with torch.no_grad(), quiet_cache_warning(), \
+                lab.nn.trace(piece, **trace_kwargs(cache), **lab.trace_options) as tracer:
             # nnsight needs values in the order the model computes them: per layer attention,
             # then MLP, then the layer's output.
             for layer in layers:
@@ -54,6 +55,7 @@ def iter_chunks(lab, ids: torch.Tensor, sites: tuple[str, ...], layers: list[int
                     saved[("mlp_out", layer)] = block.mlp.output.save()
                 if "resid" in sites:
                     saved[("resid", layer)] = block.output.save()
+            tracer.stop()  # nothing after the last layer asked for is needed
         yield start, {key: value[0].detach().float().cpu() for key, value in saved.items()}
 
 
