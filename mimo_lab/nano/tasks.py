@@ -34,12 +34,12 @@ _MUL_DIGITS = {1: (2, 1), 2: (3, 1), 3: (2, 2), 4: (3, 2), 5: (3, 3)}
 # Linear equation a*x + b = c: ranges of a, x, b.
 _EQ_RANGES = {1: (5, 5, 9), 2: (9, 9, 20), 3: (9, 12, 30), 4: (19, 50, 99), 5: (49, 99, 999)}
 # Letter counting: word length range.
-_WORD_LENGTHS = {1: (3, 5), 2: (6, 8), 3: (9, 11), 4: (12, 15), 5: (16, 20)}
+_WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 9), 4: (10, 13), 5: (14, 18)}
 # Sorting: (list length range, largest number).
 _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
 # How often each family is drawn in training: the ones that need more facts get more examples.
 TRAIN_WEIGHTS = {"addition": 0.9, "subtraction": 1.1, "multiplication": 1.3, "linear_equation": 1.0,
-                 "letter_count": 1.5, "sorting": 1.7}
+                 "letter_count": 1.7, "sorting": 1.2}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
@@ -356,27 +356,21 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
 
 
 def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
-    left = list(numbers)
-    slipper = _Slipper(rng, max(1, len(left) - 2))
-    think = [f"I sort {', '.join(map(str, left))} from smallest to largest, taking the smallest each time."]
-    chosen = []
-    while len(left) > 1:
-        smallest = min(left)
-        listed = ", ".join(map(str, left))
-        others = [n for n in left if n != smallest]
-        if len(left) > 2 and slipper.should_slip(False):
-            wrong = min(others)
-            think.append(f"The smallest of {listed} is {wrong}. Wait, {smallest} is smaller than {wrong}. "
-                         f"The smallest is {smallest}.")
+    # Each step finds the next number up in the original list (no list is copied over and over).
+    ordered = sorted(numbers)
+    slipper = _Slipper(rng, max(1, len(ordered) - 2))
+    think = [f"I sort {', '.join(map(str, numbers))} from smallest to largest, one at a time.",
+             f"The smallest is {ordered[0]}."]
+    for i in range(1, len(ordered)):
+        if i + 1 < len(ordered) and slipper.should_slip(False):
+            skipped, wrong = ordered[i], ordered[i + 1]
+            think.append(f"The next one up is {wrong}. Wait, {skipped} is between {ordered[i - 1]} and {wrong}. "
+                         f"The next one up is {skipped}.")
         else:
-            think.append(f"The smallest of {listed} is {smallest}.")
-        chosen.append(smallest)
-        left = others
-    chosen.append(left[0])
-    think.append(f"Only {left[0]} is left.")
-    result = ", ".join(map(str, chosen))
-    think += [f"So the sorted list is {result}.",
-              f"Check: {' < '.join(map(str, chosen))}, and all {len(chosen)} numbers are there. Correct."]
+            think.append(f"The next one up is {ordered[i]}.")
+    result = ", ".join(map(str, ordered))
+    think += [f"That makes all {len(ordered)} numbers.", f"So the sorted list is {result}.",
+              f"Check: {' < '.join(map(str, ordered))}. Correct."]
     return "\n".join(think), f"Sorted: \\boxed{{{result}}}.", slipper.used
 
 

@@ -140,7 +140,7 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
     return settings.min_lr + 0.5 * (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def _save_resume_state(path: Path, model, optimizer, step: int) -> None:
+def _save_resume_state(path: Path, model, optimizer, step: int, seconds: float) -> None:
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
@@ -148,11 +148,12 @@ def _save_resume_state(path: Path, model, optimizer, step: int) -> None:
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"adam.{names[id(p)]}.{key}"] = value.reshape(1) if value.dim() == 0 else value
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step)})
+    save_file(tensors, str(tmp), metadata={"step": str(step), "seconds": f"{seconds:.1f}"})
     tmp.replace(path)  # atomic: a kill leaves the previous state whole
 
 
-def _load_resume_state(path: Path, model, optimizer) -> int:
+def _load_resume_state(path: Path, model, optimizer) -> tuple[int, float]:
+    """Restore model and optimizer; returns the step to go on from and the training seconds spent so far."""
     from safetensors import safe_open
 
     tensors = load_file(str(path))
@@ -164,7 +165,8 @@ def _load_resume_state(path: Path, model, optimizer) -> int:
             state["step"] = state["step"].reshape(())
             optimizer.state[p] = state
     with safe_open(str(path), "pt") as f:
-        return int(f.metadata()["step"])
+        meta = f.metadata()
+    return int(meta["step"]), float(meta.get("seconds", 0.0))
 
 
 def train(out: str | Path, settings: TrainSettings | None = None, *, progress: bool = True) -> Path:
@@ -188,13 +190,16 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.98))
     resume = out / "resume.safetensors"
-    start = _load_resume_state(resume, model, optimizer) if resume.exists() else 0
+    start, spent = _load_resume_state(resume, model, optimizer) if resume.exists() else (0, 0.0)
     log_path = out / "loss_log.jsonl"
-    if start == 0 and log_path.exists():
-        log_path.unlink()
+    if log_path.exists():
+        # the killed run may have logged steps past its last saved state: they are redone, so drop them
+        kept = [line for line in log_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] < start] if start else []
+        log_path.write_text("".join(line + "\n" for line in kept))
 
     model.train()
-    began = time.time()
+    began = time.time() - spent   # "seconds" in the log counts training time across resumes
     bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc="MiMo-nano",
                disable=not progress)
     with log_path.open("a") as log:
@@ -216,7 +221,7 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
                 log.flush()
                 bar.set_postfix(loss=f"{main.item():.4f}", mtp=f"{mtp.item():.4f}")
             if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
-                _save_resume_state(resume, model, optimizer, step + 1)
+                _save_resume_state(resume, model, optimizer, step + 1, time.time() - began)
 
     model.eval()
     model.generation_config.eos_token_id = config.eos_token_id

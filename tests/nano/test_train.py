@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -38,22 +39,30 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):
     real = train_module.batch_for_step
     calls = {"n": 0}
 
-    def dies_at_step_8(step, *args):
-        if step == 8 and calls["n"] == 0:
+    def dies_at_step_11(step, *args):
+        if step == 11 and calls["n"] == 0:   # after step 10 was logged; the last saved state is at step 10
             calls["n"] += 1
             raise KeyboardInterrupt  # stands in for a kill
         return real(step, *args)
 
-    monkeypatch.setattr(train_module, "batch_for_step", dies_at_step_8)
+    monkeypatch.setattr(train_module, "batch_for_step", dies_at_step_11)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "resumed", TINY, progress=False)
-    assert (tmp_path / "resumed" / "resume.safetensors").exists()  # state at step 5 kept
+    assert (tmp_path / "resumed" / "resume.safetensors").exists()  # state at step 10 kept
     resumed = train(tmp_path / "resumed", TINY, progress=False)
     a = load_file(str(straight / "model.safetensors"))
     b = load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    # the loss log reads as one run: the same steps once each (step 10, logged before the kill, is not
+    # repeated), the same losses, and training seconds that keep counting across the resume
+    rows = [json.loads(line) for line in (resumed / "loss_log.jsonl").read_text().splitlines()]
+    straight_rows = [json.loads(line) for line in (straight / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in straight_rows] == [0, 10, 11]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in straight_rows], abs=1e-4)
+    seconds = [r["seconds"] for r in rows]
+    assert seconds == sorted(seconds)
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path):
