@@ -18,16 +18,13 @@ from pathlib import Path
 import torch
 
 import mimo_lab
-from mimo_lab.models.cards import NANO_CARD
 from mimo_lab.nano import tasks
 
 
 def evaluate(lab, per_cell: int, seed: int = 1234, batch_size: int = 48) -> dict:
     problems = tasks.eval_problems(per_cell, seed=seed)
     started = time.time()
-    # the nano card's token budget also for a retrained folder (whose card would allow 32k)
-    traces = lab.generate([p.prompt for p in problems], greedy=True, seed=0, batch_size=batch_size,
-                          max_new_tokens=NANO_CARD.max_new_tokens)
+    traces = lab.generate([p.prompt for p in problems], greedy=True, seed=0, batch_size=batch_size)
     cells: dict[str, dict[str, float]] = {}
     hits = known = 0
     for family in tasks.FAMILIES:

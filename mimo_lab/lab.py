@@ -398,11 +398,10 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     torch_device, map_spec = _placement(device, device_map)
     if torch_device is None:  # sharded: bf16 by default when any part sits on a GPU
         on_gpu = map_spec == "auto" or any(isinstance(v, int) or str(v).startswith("cuda") for v in map_spec.values())
-        torch_device = torch.device("cuda" if on_gpu else "cpu")
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        torch_device = None
+        dtype_device = torch.device("cuda" if on_gpu else "cpu")
     else:
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        dtype_device = torch_device
+    torch_dtype = resolve_dtype(dtype, dtype_device)
     is_nano = name_or_path is None or str(name_or_path).lower() in NANO_ALIASES
     if is_nano:
         folder, name = NANO_CHECKPOINT, NANO_NAME
@@ -446,5 +445,7 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
         generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:
         generation_config = None
-    card = NANO_CARD if is_nano else card_for(name, config, tokenizer, generation_config)
+    # a folder written by `mimo-lab nano train` (the shipped one or a retrain) is a MiMo-nano
+    trained_nano = is_nano or (folder / "train_settings.json").is_file()
+    card = NANO_CARD if trained_nano else card_for(name, config, tokenizer, generation_config)
     return Lab(model, tokenizer, card, name, revision, remote=remote, has_weights=weights and remote is not True)

@@ -69,3 +69,14 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     train(tmp_path / "run", replace(TINY, steps=2), progress=False)
     with pytest.raises(ValueError, match="other settings"):
         train(tmp_path / "run", replace(TINY, steps=3), progress=False)
+
+
+def test_a_trained_folder_loads_with_the_nano_card(tmp_path):
+    import mimo_lab
+    from mimo_lab.models.cards import NANO_CARD
+
+    out = train(tmp_path / "run", replace(TINY, steps=2), progress=False)
+    lab = mimo_lab.load(out)
+    assert lab.card is NANO_CARD
+    sampling = lab._sampling({})
+    assert sampling.greedy is True and sampling.max_new_tokens == NANO_CARD.max_new_tokens == 768
