@@ -26,13 +26,7 @@ def long_text(tokenizer, tokens: int, seed: int = 0) -> tuple[str, torch.Tensor]
 
 def median_time(fn, repeats: int) -> float:
     """Median wall time of `fn` over `repeats` runs, after one warm-up run."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return paired_times({"fn": fn}, repeats)["fn"]
 
 
 def paired_times(fns: dict, repeats: int) -> dict[str, float]:

@@ -195,7 +195,7 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
     if log_path.exists():
         # the killed run may have logged steps past its last saved state: they are redone, so drop them
         kept = [line for line in log_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] < start] if start else []
+                if line.strip() and json.loads(line)["step"] < start]
         log_path.write_text("".join(line + "\n" for line in kept))
 
     model.train()

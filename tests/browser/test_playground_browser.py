@@ -75,9 +75,20 @@ def jupyterlab(tmp_path):
     log.close()
 
 
+def _screenshot(page, shot: Path) -> None:
+    """A full-page screenshot to `shot`, copied to $MIMO_LAB_SCREENSHOT_DIR when that is set."""
+    page.screenshot(path=str(shot), full_page=True)
+    target = os.environ.get("MIMO_LAB_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / shot.name)
+
+
 def _run_all_cells(page) -> None:
     """Run > Run All Cells once the kernel is connected, and again if no cell started (clicked while the session
     is still connecting, JupyterLab drops the request or asks for a kernel)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     for _ in range(3):
         # the status bar names the kernel and its state once the session is connected
         page.wait_for_function("() => /\\| Idle/.test(document.querySelector('#jp-main-statusbar')?.textContent ?? '')",
@@ -90,9 +101,8 @@ def _run_all_cells(page) -> None:
             page.wait_for_function("() => /\\[[*\\d]+\\]/.test(document.querySelector("
                                    "'.jp-CodeCell .jp-InputPrompt')?.textContent ?? '')", timeout=15_000)
             return
-        except Exception:
-            if page.locator(".jp-Dialog").count():
-                page.click(".jp-Dialog .jp-mod-accept")
+        except PlaywrightTimeout:
+            continue   # the next round accepts a kernel dialog if one came up, and clicks again
     raise AssertionError("Run All Cells did not start any cell")
 
 
@@ -101,11 +111,7 @@ def _diagnose(page, tmp_path) -> str:
     a screenshot goes next to the log (and to $MIMO_LAB_SCREENSHOT_DIR when set)."""
     shot = tmp_path / "failure.png"
     try:
-        page.screenshot(path=str(shot), full_page=True)
-        target = os.environ.get("MIMO_LAB_SCREENSHOT_DIR")
-        if target:
-            Path(target).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(target) / "failure.png")
+        _screenshot(page, shot)
         outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
         status = page.locator(".jp-Notebook-ExecutionIndicator").first.get_attribute("data-status")
     except Exception as exc:  # the page itself may be gone
@@ -143,11 +149,7 @@ def test_playground_in_jupyterlab(jupyterlab, tmp_path):
             heatmaps = page.locator(".js-plotly-plot .heatmaplayer").count()
             assert heatmaps >= 1, "no coloured token view"
             shot = tmp_path / "playground.png"
-            page.screenshot(path=str(shot), full_page=True)
-            target = os.environ.get("MIMO_LAB_SCREENSHOT_DIR")
-            if target:
-                Path(target).mkdir(parents=True, exist_ok=True)
-                shutil.copy(shot, Path(target) / "playground.png")
+            _screenshot(page, shot)
             assert shot.stat().st_size > 20_000
         except Exception as exc:
             pytest.fail(f"{type(exc).__name__}: {exc}\n{_diagnose(page, tmp_path)}")
