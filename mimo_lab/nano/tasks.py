@@ -249,22 +249,27 @@ def _trace_addition(a: int, b: int, rng: random.Random) -> tuple[str, str, bool]
 
 
 def _column_sub(a: int, b: int, slipper: _Slipper) -> list[str]:
-    """Column subtraction a - b (a >= b), right to left, with borrows."""
+    """Column subtraction a - b (a >= b), right to left. A borrow is added to the next bottom
+    digit first ("7 and the borrow make 8"), so every step is one fact; the last line reads the
+    result's digits back from the highest place."""
     cols = len(str(a))
     ra, rb = _digits_rev(a), _digits_rev(b) + [0] * (cols - len(str(b)))
-    lines, borrow = [], 0
+    lines, borrow, digits = [], 0, []
     for i in range(cols):
         top, bottom = ra[i], rb[i]
-        expr = f"{top} - {bottom}" + (f" - {borrow}" if borrow else "")
-        need = top - bottom - borrow < 0
-        value = top - bottom - borrow + (10 if need else 0)
-        shown = f"1{expr}" if need else expr
-        prefix = f"{PLACES[i]}: {expr} needs a borrow, " if need else f"{PLACES[i]}: "
+        take = bottom + borrow
+        head = f"{PLACES[i]}: " + (f"{bottom} and the borrow make {take}. " if borrow else "")
+        need = top < take
+        value = top - take + (10 if need else 0)
+        shown = f"1{top} - {take}" if need else f"{top} - {take}"
+        prefix = f"{head}{top} - {take} needs a borrow, " if need else head
         if value > 0 and slipper.should_slip(_is_hard(top, bottom)):
             lines.append(f"{prefix}{shown} = {value - 1}. Wait, {shown} = {value}, not {value - 1}.")
         else:
             lines.append(f"{prefix}{shown} = {value}.")
+        digits.append(value)
         borrow = 1 if need else 0
+    lines.append(f"The digits from the highest place: {', '.join(map(str, reversed(digits)))}.")
     return lines
 
 
@@ -339,6 +344,8 @@ def _trace_linear_equation(a: int, b: int, c: int, rng: random.Random) -> tuple[
 
 
 def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str, str, bool]:
+    # The letter looked for and every spelled letter are written the same way (" m"), so
+    # spotting it in the spelling is matching one token against another.
     count, items = 0, []
     for ch in word:
         if ch == letter:
@@ -346,31 +353,39 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
             items.append(f"{ch} ({count})")
         else:
             items.append(ch)
-    think = [f"I spell '{word}' and count each '{letter}'.", ", ".join(items) + ".",
-             f"The letter '{letter}' appears {count} time{'' if count == 1 else 's'}."]
+    times = f"time{'' if count == 1 else 's'}"
+    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + ", ".join(items) + ".",
+             f"The letter {letter} appears {count} {times}."]
     if count:
         think.append(f"Check: {', '.join([letter] * count)} makes {count}. Correct.")
     else:
-        think.append(f"Check: no '{letter}' in the spelling, so 0. Correct.")
-    return "\n".join(think), f"The letter '{letter}' appears \\boxed{{{count}}} time{'' if count == 1 else 's'}.", False
+        think.append(f"Check: no {letter} in the spelling, so 0. Correct.")
+    return "\n".join(think), f"The letter '{letter}' appears \\boxed{{{count}}} {times}.", False
 
 
 def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
-    # Each step finds the next number up in the original list (no list is copied over and over).
-    ordered = sorted(numbers)
-    slipper = _Slipper(rng, max(1, len(ordered) - 2))
-    think = [f"I sort {', '.join(map(str, numbers))} from smallest to largest, one at a time.",
-             f"The smallest is {ordered[0]}."]
-    for i in range(1, len(ordered)):
-        if i + 1 < len(ordered) and slipper.should_slip(False):
-            skipped, wrong = ordered[i], ordered[i + 1]
-            think.append(f"The next one up is {wrong}. Wait, {skipped} is between {ordered[i - 1]} and {wrong}. "
-                         f"The next one up is {skipped}.")
-        else:
-            think.append(f"The next one up is {ordered[i]}.")
+    # Selection sort in the open: list the numbers left, keep the smaller of each pair (every
+    # comparison is of two numbers side by side), take the smallest out, repeat.
+    left, ordered = list(numbers), []
+    slipper = _Slipper(rng, len(numbers) * (len(numbers) - 1) // 2)
+    think = ["I sort them from smallest to largest, taking the smallest of those left each time."]
+    while len(left) > 1:
+        parts, best = [f"Left: {', '.join(map(str, left))}."], left[0]
+        for n in left[1:]:
+            small, big = min(best, n), max(best, n)
+            if slipper.should_slip(False):
+                parts.append(f"{best} or {n}: {big}. Wait, {small} < {big}, so {small}.")
+            else:
+                parts.append(f"{best} or {n}: {small}.")
+            best = small
+        parts.append(f"{'Next' if ordered else 'The smallest'} is {best}.")
+        think.append(" ".join(parts))
+        ordered.append(best)
+        left.remove(best)
+    think.append(f"Left: {left[0]}. The last is {left[0]}.")
+    ordered.append(left[0])
     result = ", ".join(map(str, ordered))
-    think += [f"That makes all {len(ordered)} numbers.", f"So the sorted list is {result}.",
-              f"Check: {' < '.join(map(str, ordered))}. Correct."]
+    think += [f"So the sorted list is {result}.", f"Check: {' < '.join(map(str, ordered))}. Correct."]
     return "\n".join(think), f"Sorted: \\boxed{{{result}}}.", slipper.used
 
 

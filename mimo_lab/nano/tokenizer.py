@@ -55,13 +55,31 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Qwen2
         show_progress=False,
     )
     bpe.train_from_iterator(_training_text(texts), trainer=trainer)
-    vocab = bpe.get_vocab()
-    merges = _merges_of(bpe)
+    vocab, merges = _with_spaced_letters(bpe.get_vocab(), _merges_of(bpe))
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token=IM_END, pad_token=PAD,
                          chat_template=CHAT_TEMPLATE, model_max_length=32768)
     tok.add_special_tokens({"additional_special_tokens": [IM_START, IM_END]})
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     return tok
+
+
+def _with_spaced_letters(vocab: dict[str, int], merges: list[tuple[str, str]]):
+    """Make every space + letter (" a" ... " z") one token, so that each letter of a spelling
+    ("Letters: s, u, m, m, e, r") and the letter looked for ("the letter m") are the same token.
+    The merges learned last make room for them (keeping any space + letter merge among them):
+    only space + letter merges come after those, and they use no merged token."""
+    spaced = {f"Ġ{c}" for c in "abcdefghijklmnopqrstuvwxyz"}
+    missing = sorted(spaced - vocab.keys())
+    vocab, merges = dict(vocab), list(merges)
+    freed = []
+    for index in range(len(merges) - 1, -1, -1):
+        if len(freed) == len(missing):
+            break
+        if "".join(merges[index]) not in spaced:
+            freed.append(vocab.pop("".join(merges.pop(index))))
+    for token, index in zip(missing, sorted(freed), strict=True):
+        vocab[token] = index
+    return vocab, merges + [("Ġ", token[1]) for token in missing]
 
 
 def _merges_of(bpe: Tokenizer) -> list[tuple[str, str]]:

@@ -114,3 +114,59 @@ def test_column_addition_trace_is_arithmetic(a, b):
     for left, right in re.findall(r"((?:\d+ \+ )+\d+) = (\d+),", example.completion):
         assert sum(int(x) for x in left.split(" + ")) == int(right)
     assert example.problem.answer == str(a + b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(0, 10**6), b=st.integers(0, 10**6), seed=st.integers(0, 100))
+def test_column_subtraction_trace_is_arithmetic(a, b, seed):
+    a, b = max(a, b), min(a, b)
+    example = tasks.make_example(tasks.problem_from_prompt("subtraction", (a, b)), random.Random(seed))
+    thinking = example.completion.split("</think>")[0]
+    # every step is one fact: a borrow joins the bottom digit first, then one subtraction
+    for bottom, total in re.findall(r"(\d) and the borrow make (\d+)\.", thinking):
+        assert int(bottom) + 1 == int(total)
+    facts = re.findall(r"(\d+) - (\d+) = (\d+)\.(?! Wait)", thinking)  # a slip's wrong value is followed by Wait
+    assert len(facts) >= len(str(a))
+    for top, take, value in facts:
+        assert int(top) - int(take) == int(value)
+    # the column values, read from the highest place, are the result's digits (leading zeros kept)
+    digits = re.search(r"The digits from the highest place: ([\d, ]+)\.", thinking).group(1)
+    assert digits.replace(", ", "") == str(a - b).rjust(len(str(a)), "0")
+
+
+@settings(max_examples=200, deadline=None)
+@given(numbers=st.lists(st.integers(1, 999), min_size=2, max_size=10, unique=True), seed=st.integers(0, 1000))
+def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
+    example = tasks.make_example(tasks.problem_from_prompt("sorting", tuple(numbers)), random.Random(seed))
+    thinking = example.completion.split("</think>")[0]
+    left, picked = list(numbers), []
+    steps = [line for line in thinking.splitlines() if line.startswith("Left:")]
+    assert len(steps) == len(numbers)
+    for line in steps:
+        listed = [int(n) for n in re.match(r"Left: ([\d, ]+)\.", line).group(1).split(", ")]
+        assert listed == left  # the numbers not taken yet, in the prompt's order
+        # a slip keeps the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
+        line = re.sub(r"(\d+) or (\d+): \d+\. Wait, \d+ < \d+, so (\d+)\.", r"\1 or \2: \3.", line)
+        running = listed[0]
+        for x, y, kept in re.findall(r"(\d+) or (\d+): (\d+)\.", line):
+            assert int(x) == running and int(kept) == min(int(x), int(y))
+            running = int(kept)
+        assert running == min(left) and line.endswith(f"is {running}.")
+        picked.append(running)
+        left.remove(running)
+    assert picked == sorted(numbers)
+    assert example.problem.answer == ", ".join(map(str, sorted(numbers)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(word=st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=18),
+       letter=st.sampled_from("abcdefghijklmnopqrstuvwxyz"))
+def test_letter_count_trace_spells_and_counts(word, letter):
+    example = tasks.make_example(tasks.problem_from_prompt("letter_count", (letter, word)), random.Random(0))
+    thinking = example.completion.split("</think>")[0]
+    assert f"look for the letter {letter}." in thinking  # the same form (" m") as each spelled letter
+    spelled = re.search(r"Letters: (.*)\.\n", thinking).group(1).split(", ")
+    assert "".join(item[0] for item in spelled) == word
+    marks = [int(item[3:-1]) for item in spelled if len(item) > 1]
+    assert marks == list(range(1, word.count(letter) + 1))
+    assert [item[0] for item in spelled if len(item) > 1] == [letter] * word.count(letter)

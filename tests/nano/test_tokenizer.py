@@ -60,3 +60,12 @@ def test_chat_template_formats_like_mimo(tokenizer):
     assert full.endswith("<|im_start|>assistant\n<think>\nEasy.\n</think>\n\n4<|im_end|>\n")
     no_system = tokenizer.apply_chat_template([messages[1]], tokenize=False, add_generation_prompt=True)
     assert no_system.startswith("<|im_start|>user\n")
+
+
+def test_a_spelled_letter_and_the_letter_looked_for_are_the_same_token(tokenizer):
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        assert tokenizer.convert_ids_to_tokens(tokenizer(f" {letter}", add_special_tokens=False)["input_ids"]) \
+            == [f"Ġ{letter}"]
+    text = "I spell 'quiz' and look for the letter z.\nLetters: q, u, i, z (1)."
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert pieces.count("Ġz") == 2 and {"Ġq", "Ġu", "Ġi"} <= set(pieces)
