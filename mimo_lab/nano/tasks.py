@@ -39,7 +39,7 @@ _WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 9), 4: (10, 13), 5: (14, 18)}
 _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
 # How often each family is drawn in training: the ones that need more facts get more examples.
 TRAIN_WEIGHTS = {"addition": 0.9, "subtraction": 1.1, "multiplication": 1.3, "linear_equation": 1.0,
-                 "letter_count": 1.7, "sorting": 1.2}
+                 "letter_count": 2.0, "sorting": 1.2}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
@@ -363,30 +363,41 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
     return "\n".join(think), f"The letter '{letter}' appears \\boxed{{{count}}} {times}.", False
 
 
+def _sort_label(index: int) -> str:
+    """a, b, ..., z, then aa, ab, ...: a one-token name for each number of the list."""
+    return _LETTERS[index] if index < len(_LETTERS) else _sort_label(index // len(_LETTERS) - 1) + _LETTERS[index % 26]
+
+
 def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
     # Selection sort in the open: list the numbers left, keep the smaller of each pair (every
-    # comparison is of two numbers side by side), take the smallest out, repeat.
+    # comparison is of two numbers side by side), take the smallest out, repeat. Each number
+    # keeps a letter name ("c 28"), so taking one out and copying the rest is matching a
+    # one-token name, not a two-digit number that may share its first digit with another.
+    named = {n: _sort_label(i) for i, n in enumerate(numbers)}
     left, ordered = list(numbers), []
     slipper = _Slipper(rng, len(numbers) * (len(numbers) - 1) // 2)
+
+    def item(n: int) -> str:
+        return f"{named[n]} {n}"
+
     think = ["I sort them from smallest to largest, taking the smallest of those left each time."]
     while len(left) > 1:
-        parts, best = [f"Left: {', '.join(map(str, left))}."], left[0]
+        parts, best = [f"Left: {', '.join(map(item, left))}."], left[0]
         for n in left[1:]:
             small, big = min(best, n), max(best, n)
             if slipper.should_slip(False):
-                parts.append(f"{best} or {n}: {big}. Wait, {small} < {big}, so {small}.")
+                parts.append(f"{item(best)} or {item(n)}: {item(big)}. Wait, {small} < {big}, so {item(small)}.")
             else:
-                parts.append(f"{best} or {n}: {small}.")
+                parts.append(f"{item(best)} or {item(n)}: {item(small)}.")
             best = small
-        parts.append(f"{'Next' if ordered else 'The smallest'} is {best}.")
+        parts.append(f"{'Next' if ordered else 'The smallest'} is {item(best)}.")
         think.append(" ".join(parts))
         ordered.append(best)
         left.remove(best)
-    think.append(f"Left: {left[0]}. The last is {left[0]}.")
+    think.append(f"Left: {item(left[0])}. The last is {item(left[0])}.")
     ordered.append(left[0])
-    result = ", ".join(map(str, ordered))
-    think += [f"So the sorted list is {result}.", f"Check: {' < '.join(map(str, ordered))}. Correct."]
-    return "\n".join(think), f"Sorted: \\boxed{{{result}}}.", slipper.used
+    think.append(f"Check: {' < '.join(map(str, ordered))}. Correct.")
+    return "\n".join(think), f"Sorted: \\boxed{{{', '.join(map(str, ordered))}}}.", slipper.used
 
 
 def make_example(problem: Problem, rng: random.Random) -> Example:

@@ -139,22 +139,26 @@ def test_column_subtraction_trace_is_arithmetic(a, b, seed):
 def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
     example = tasks.make_example(tasks.problem_from_prompt("sorting", tuple(numbers)), random.Random(seed))
     thinking = example.completion.split("</think>")[0]
+    names = {n: "abcdefghij"[i] for i, n in enumerate(numbers)}  # each number keeps its letter name
     left, picked = list(numbers), []
     steps = [line for line in thinking.splitlines() if line.startswith("Left:")]
     assert len(steps) == len(numbers)
     for line in steps:
-        listed = [int(n) for n in re.match(r"Left: ([\d, ]+)\.", line).group(1).split(", ")]
-        assert listed == left  # the numbers not taken yet, in the prompt's order
+        listed = re.findall(r"([a-z]) (\d+)", re.match(r"Left: ([a-z\d, ]+)\.", line).group(1))
+        assert listed == [(names[n], str(n)) for n in left]  # the numbers not taken yet, in the prompt's order
         # a slip keeps the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
-        line = re.sub(r"(\d+) or (\d+): \d+\. Wait, \d+ < \d+, so (\d+)\.", r"\1 or \2: \3.", line)
+        line = re.sub(r"(\w \d+) or (\w \d+): \w \d+\. Wait, \d+ < \d+, so (\w \d+)\.", r"\1 or \2: \3.", line)
         running = listed[0]
-        for x, y, kept in re.findall(r"(\d+) or (\d+): (\d+)\.", line):
-            assert int(x) == running and int(kept) == min(int(x), int(y))
-            running = int(kept)
-        assert running == min(left) and line.endswith(f"is {running}.")
-        picked.append(running)
-        left.remove(running)
+        for x, y, kept in re.findall(r"(\w \d+) or (\w \d+): (\w \d+)\.", line):
+            assert x == " ".join(running)
+            assert kept == min(x, y, key=lambda item: int(item.split()[1]))
+            running = tuple(kept.split())
+        assert int(running[1]) == min(left) and running[0] == names[min(left)]
+        assert line.endswith(f"is {running[0]} {running[1]}.")
+        picked.append(min(left))
+        left.remove(min(left))
     assert picked == sorted(numbers)
+    assert f"Check: {' < '.join(map(str, sorted(numbers)))}. Correct." in thinking
     assert example.problem.answer == ", ".join(map(str, sorted(numbers)))
 
 
