@@ -354,7 +354,9 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
         else:
             items.append(ch)
     times = f"time{'' if count == 1 else 's'}"
-    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + ", ".join(items) + ".",
+    # No commas between the letters: each spelled letter is followed directly by the next one,
+    # so finding it is looking up the last letter written (an induction step), not the one before.
+    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + " ".join(items) + ".",
              f"The letter {letter} appears {count} {times}."]
     if count:
         think.append(f"Check: {', '.join([letter] * count)} makes {count}. Correct.")
@@ -373,6 +375,8 @@ def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
     # comparison is of two numbers side by side), take the smallest out, repeat. Each number
     # keeps a letter name ("c 28"), so taking one out and copying the rest is matching a
     # one-token name, not a two-digit number that may share its first digit with another.
+    # A comparison's result is the number alone, written digit by digit from the highest:
+    # a name first would have to decide the whole comparison in one token.
     named = {n: _sort_label(i) for i, n in enumerate(numbers)}
     left, ordered = list(numbers), []
     slipper = _Slipper(rng, len(numbers) * (len(numbers) - 1) // 2)
@@ -386,9 +390,9 @@ def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
         for n in left[1:]:
             small, big = min(best, n), max(best, n)
             if slipper.should_slip(False):
-                parts.append(f"{item(best)} or {item(n)}: {item(big)}. Wait, {small} < {big}, so {item(small)}.")
+                parts.append(f"{item(best)} or {item(n)}: {big}. Wait, {small} < {big}, so {small}.")
             else:
-                parts.append(f"{item(best)} or {item(n)}: {item(small)}.")
+                parts.append(f"{item(best)} or {item(n)}: {small}.")
             best = small
         parts.append(f"{'Next' if ordered else 'The smallest'} is {item(best)}.")
         think.append(" ".join(parts))

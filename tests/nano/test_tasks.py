@@ -147,12 +147,13 @@ def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
         listed = re.findall(r"([a-z]) (\d+)", re.match(r"Left: ([a-z\d, ]+)\.", line).group(1))
         assert listed == [(names[n], str(n)) for n in left]  # the numbers not taken yet, in the prompt's order
         # a slip keeps the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
-        line = re.sub(r"(\w \d+) or (\w \d+): \w \d+\. Wait, \d+ < \d+, so (\w \d+)\.", r"\1 or \2: \3.", line)
+        line = re.sub(r"([a-z] \d+) or ([a-z] \d+): \d+\. Wait, \d+ < \d+, so (\d+)\.", r"\1 or \2: \3.", line)
         running = listed[0]
-        for x, y, kept in re.findall(r"(\w \d+) or (\w \d+): (\w \d+)\.", line):
-            assert x == " ".join(running)
-            assert kept == min(x, y, key=lambda item: int(item.split()[1]))
-            running = tuple(kept.split())
+        for x, y, kept in re.findall(r"([a-z] \d+) or ([a-z] \d+): (\d+)\.", line):
+            assert x == " ".join(running)  # the pair's first is the one kept so far, with its name
+            smaller = min(x, y, key=lambda item: int(item.split()[1]))
+            assert kept == smaller.split()[1]  # the result is the number alone
+            running = tuple(smaller.split())
         assert int(running[1]) == min(left) and running[0] == names[min(left)]
         assert line.endswith(f"is {running[0]} {running[1]}.")
         picked.append(min(left))
@@ -169,8 +170,9 @@ def test_letter_count_trace_spells_and_counts(word, letter):
     example = tasks.make_example(tasks.problem_from_prompt("letter_count", (letter, word)), random.Random(0))
     thinking = example.completion.split("</think>")[0]
     assert f"look for the letter {letter}." in thinking  # the same form (" m") as each spelled letter
-    spelled = re.search(r"Letters: (.*)\.\n", thinking).group(1).split(", ")
-    assert "".join(item[0] for item in spelled) == word
-    marks = [int(item[3:-1]) for item in spelled if len(item) > 1]
-    assert marks == list(range(1, word.count(letter) + 1))
-    assert [item[0] for item in spelled if len(item) > 1] == [letter] * word.count(letter)
+    spelled = re.search(r"Letters: (.*)\.\n", thinking).group(1)
+    items = re.findall(r"([a-z])(?: \((\d+)\))?(?: |$)", spelled)  # "s u m (1) m (2) e r": no commas
+    assert " ".join(letter + (f" ({mark})" if mark else "") for letter, mark in items) == spelled
+    assert "".join(letter for letter, _ in items) == word
+    assert [int(mark) for _, mark in items if mark] == list(range(1, word.count(letter) + 1))
+    assert [spelt for spelt, mark in items if mark] == [letter] * word.count(letter)
