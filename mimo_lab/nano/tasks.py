@@ -354,9 +354,9 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
         else:
             items.append(ch)
     times = f"time{'' if count == 1 else 's'}"
-    # No commas between the letters: each spelled letter is followed directly by the next one,
-    # so finding it is looking up the last letter written (an induction step), not the one before.
-    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + " ".join(items) + ".",
+    # The spelling ends with "end", written where the next letter would be: finding the next
+    # letter and finding that the word is over are then the same look-up, one token after a comma.
+    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + ", ".join([*items, "end"]) + ".",
              f"The letter {letter} appears {count} {times}."]
     if count:
         think.append(f"Check: {', '.join([letter] * count)} makes {count}. Correct.")
@@ -370,13 +370,26 @@ def _sort_label(index: int) -> str:
     return _LETTERS[index] if index < len(_LETTERS) else _sort_label(index // len(_LETTERS) - 1) + _LETTERS[index % 26]
 
 
+def _compare_digits(x: int, y: int) -> str:
+    """Two numbers compared digit by digit from the highest place (the shorter one padded with
+    zeros): "3 = 3, 4 < 5" for 34 and 35, "0 < 2" for 6 and 27: each step is one digit against one."""
+    width = max(len(str(x)), len(str(y)))
+    steps = []
+    for dx, dy in zip(str(x).rjust(width, "0"), str(y).rjust(width, "0"), strict=True):
+        if dx == dy:
+            steps.append(f"{dx} = {dy}")
+        else:
+            steps.append(f"{min(dx, dy)} < {max(dx, dy)}")
+            break
+    return ", ".join(steps)
+
+
 def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
-    # Selection sort in the open: list the numbers left, keep the smaller of each pair (every
-    # comparison is of two numbers side by side), take the smallest out, repeat. Each number
-    # keeps a letter name ("c 28"), so taking one out and copying the rest is matching a
-    # one-token name, not a two-digit number that may share its first digit with another.
-    # A comparison's result is the number alone, written digit by digit from the highest:
-    # a name first would have to decide the whole comparison in one token.
+    # Selection sort in the open: list the numbers left, keep the smaller of each pair, take the
+    # smallest out, repeat. Each number keeps a letter name ("c 28"), so taking one out and
+    # copying the rest is matching a one-token name, not a two-digit number that may share its
+    # first digit with another. A pair is compared digit by digit before the smaller is named
+    # ("a 34 or d 35: 3 = 3, 4 < 5, a 34"): every decision is one digit against one digit.
     named = {n: _sort_label(i) for i, n in enumerate(numbers)}
     left, ordered = list(numbers), []
     slipper = _Slipper(rng, len(numbers) * (len(numbers) - 1) // 2)
@@ -389,10 +402,11 @@ def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
         parts, best = [f"Left: {', '.join(map(item, left))}."], left[0]
         for n in left[1:]:
             small, big = min(best, n), max(best, n)
-            if slipper.should_slip(False):
-                parts.append(f"{item(best)} or {item(n)}: {big}. Wait, {small} < {big}, so {small}.")
+            compared = f"{item(best)} or {item(n)}: {_compare_digits(best, n)}"
+            if slipper.should_slip(False) and small != big:
+                parts.append(f"{compared}, {item(big)}. Wait, {small} < {big}, so {item(small)}.")
             else:
-                parts.append(f"{item(best)} or {item(n)}: {small}.")
+                parts.append(f"{compared}, {item(small)}.")
             best = small
         parts.append(f"{'Next' if ordered else 'The smallest'} is {item(best)}.")
         think.append(" ".join(parts))

@@ -146,14 +146,22 @@ def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
     for line in steps:
         listed = re.findall(r"([a-z]) (\d+)", re.match(r"Left: ([a-z\d, ]+)\.", line).group(1))
         assert listed == [(names[n], str(n)) for n in left]  # the numbers not taken yet, in the prompt's order
-        # a slip keeps the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
-        line = re.sub(r"([a-z] \d+) or ([a-z] \d+): \d+\. Wait, \d+ < \d+, so (\d+)\.", r"\1 or \2: \3.", line)
+        # a slip names the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
+        line = re.sub(r"([a-z] \d+ or [a-z] \d+: [\d=<, ]+), [a-z] \d+\. Wait, \d+ < \d+, so ([a-z] \d+)\.",
+                      r"\1, \2.", line)
         running = listed[0]
-        for x, y, kept in re.findall(r"([a-z] \d+) or ([a-z] \d+): (\d+)\.", line):
+        for x, y, digits, kept in re.findall(r"([a-z] \d+) or ([a-z] \d+): ((?:\d [=<] \d, )+)([a-z] \d+)\.", line):
             assert x == " ".join(running)  # the pair's first is the one kept so far, with its name
-            smaller = min(x, y, key=lambda item: int(item.split()[1]))
-            assert kept == smaller.split()[1]  # the result is the number alone
-            running = tuple(smaller.split())
+            assert kept == min(x, y, key=lambda item: int(item.split()[1]))
+            # digit by digit from the highest place (zero-padded): equal digits, then the first that differ
+            a, b = (item.split()[1] for item in (x, y))
+            width = max(len(a), len(b))
+            pairs = re.findall(r"(\d) ([=<]) (\d)", digits)
+            for (d1, op, d2), (da, db) in zip(pairs, zip(a.rjust(width, "0"), b.rjust(width, "0"))):
+                assert (d1, d2) == ((da, db) if op == "=" else tuple(sorted((da, db))))
+                assert (op == "=") == (da == db)
+            assert pairs[-1][1] == "<"
+            running = tuple(kept.split())
         assert int(running[1]) == min(left) and running[0] == names[min(left)]
         assert line.endswith(f"is {running[0]} {running[1]}.")
         picked.append(min(left))
@@ -170,9 +178,10 @@ def test_letter_count_trace_spells_and_counts(word, letter):
     example = tasks.make_example(tasks.problem_from_prompt("letter_count", (letter, word)), random.Random(0))
     thinking = example.completion.split("</think>")[0]
     assert f"look for the letter {letter}." in thinking  # the same form (" m") as each spelled letter
-    spelled = re.search(r"Letters: (.*)\.\n", thinking).group(1)
-    items = re.findall(r"([a-z])(?: \((\d+)\))?(?: |$)", spelled)  # "s u m (1) m (2) e r": no commas
-    assert " ".join(letter + (f" ({mark})" if mark else "") for letter, mark in items) == spelled
-    assert "".join(letter for letter, _ in items) == word
-    assert [int(mark) for _, mark in items if mark] == list(range(1, word.count(letter) + 1))
-    assert [spelt for spelt, mark in items if mark] == [letter] * word.count(letter)
+    spelled = re.search(r"Letters: (.*)\.\n", thinking).group(1).split(", ")
+    assert spelled[-1] == "end"  # the spelling says where the word is over
+    spelled = spelled[:-1]
+    assert "".join(item[0] for item in spelled) == word
+    marks = [int(item[3:-1]) for item in spelled if len(item) > 1]
+    assert marks == list(range(1, word.count(letter) + 1))
+    assert [item[0] for item in spelled if len(item) > 1] == [letter] * word.count(letter)
