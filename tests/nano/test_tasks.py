@@ -157,7 +157,8 @@ def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
             a, b = (item.split()[1] for item in (x, y))
             width = max(len(a), len(b))
             pairs = re.findall(r"(\d) ([=<]) (\d)", digits)
-            for (d1, op, d2), (da, db) in zip(pairs, zip(a.rjust(width, "0"), b.rjust(width, "0"))):
+            digit_pairs = list(zip(a.rjust(width, "0"), b.rjust(width, "0"), strict=True))
+            for (d1, op, d2), (da, db) in zip(pairs, digit_pairs[:len(pairs)], strict=True):
                 assert (d1, d2) == ((da, db) if op == "=" else tuple(sorted((da, db))))
                 assert (op == "=") == (da == db)
             assert pairs[-1][1] == "<"
