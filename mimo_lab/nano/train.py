@@ -101,12 +101,23 @@ def encode(tokenizer, example: tasks.Example) -> tuple[list[int], int]:
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
+_last_pool: list = [None, None, None]  # (seed and size, tokenizer, encoded pool) of the last pool drawn
+
+
+def _encoded_pool(seed: int, size: int, tokenizer) -> list[tuple[list[int], int]]:
+    """The pool's examples encoded and sorted by length; kept for the pool's consecutive steps."""
+    if _last_pool[0] != (seed, size) or _last_pool[1] is not tokenizer:
+        examples = tasks.sample_examples(size, seed=seed)
+        _last_pool[:] = [(seed, size), tokenizer,
+                         sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))]
+    return _last_pool[2]
+
+
 def batch_for_step(step: int, settings: TrainSettings, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, loss_mask) for a step: a pure function of (seed, step)."""
     pool_index, slot = divmod(step, settings.pool_batches)
     seed = settings.seed * 1_000_003 + pool_index
-    examples = tasks.sample_examples(settings.batch_size * settings.pool_batches, seed=seed)
-    encoded = sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))
+    encoded = _encoded_pool(seed, settings.batch_size * settings.pool_batches, tokenizer)
     order = list(range(settings.pool_batches))
     random.Random(seed).shuffle(order)
     chunk = encoded[order[slot] * settings.batch_size:(order[slot] + 1) * settings.batch_size]

@@ -80,3 +80,17 @@ def test_a_trained_folder_loads_with_the_nano_card(tmp_path):
     assert lab.card is NANO_CARD
     sampling = lab._sampling({})
     assert sampling.greedy is True and sampling.max_new_tokens == NANO_CARD.max_new_tokens == 768
+
+
+def test_a_steps_batch_does_not_depend_on_the_steps_drawn_before():
+    tokenizer = make_tokenizer(TINY)
+    first = batch_for_step(3, TINY, tokenizer)   # pool 1 (steps 2-3)
+    batch_for_step(4, TINY, tokenizer)           # another pool is drawn and kept
+    again = batch_for_step(3, TINY, tokenizer)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], batch_for_step(2, TINY, tokenizer)[0])  # the pool's other batch
+    # the same pool under another tokenizer is encoded again, not taken from the kept one
+    other = batch_for_step(3, TINY, make_tokenizer(replace(TINY, tokenizer_corpus=200)))[0]
+    assert other.shape != first[0].shape or not torch.equal(other, first[0])
+    assert torch.equal(batch_for_step(3, TINY, tokenizer)[0], first[0])
