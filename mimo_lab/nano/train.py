@@ -10,6 +10,7 @@ A run checkpoints every `save_every` steps (safetensors) and, started again with
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -101,16 +102,11 @@ def encode(tokenizer, example: tasks.Example) -> tuple[list[int], int]:
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
-_last_pool: list = [None, None, None]  # (seed and size, tokenizer, encoded pool) of the last pool drawn
-
-
+@functools.lru_cache(maxsize=1)  # a pool serves `pool_batches` consecutive steps
 def _encoded_pool(seed: int, size: int, tokenizer) -> list[tuple[list[int], int]]:
-    """The pool's examples encoded and sorted by length; kept for the pool's consecutive steps."""
-    if _last_pool[0] != (seed, size) or _last_pool[1] is not tokenizer:
-        examples = tasks.sample_examples(size, seed=seed)
-        _last_pool[:] = [(seed, size), tokenizer,
-                         sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))]
-    return _last_pool[2]
+    """The pool's examples encoded and sorted by length (callers only slice it)."""
+    examples = tasks.sample_examples(size, seed=seed)
+    return sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))
 
 
 def batch_for_step(step: int, settings: TrainSettings, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
