@@ -9,6 +9,7 @@ tokenizer_config.json with the chat template) and loaded back as a `Qwen2Tokeniz
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
@@ -68,7 +69,7 @@ def _with_spaced_letters(vocab: dict[str, int], merges: list[tuple[str, str]]):
     ("Letters: s, u, m, m, e, r, end") and the letter looked for ("the letter m") are the same token.
     The merges learned last make room for them (keeping any space + letter merge among them):
     only space + letter merges come after those, and they use no merged token."""
-    spaced = {f"Ġ{c}" for c in "abcdefghijklmnopqrstuvwxyz"}
+    spaced = {f"Ġ{c}" for c in string.ascii_lowercase}
     missing = sorted(spaced - vocab.keys())
     vocab, merges = dict(vocab), list(merges)
     freed = []

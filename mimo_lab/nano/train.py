@@ -10,6 +10,7 @@ A run checkpoints every `save_every` steps (safetensors) and, started again with
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -44,6 +45,9 @@ class TrainSettings:
     tokenizer_corpus: int = 6000
     save_every: int = 200
     threads: int = 2
+    # Matmuls and attention in bfloat16 under autocast (weights, optimizer state and the loss stay
+    # float32): 1.8x faster steps on a CPU with AVX512-BF16, so more steps fit in the 40 minutes.
+    bf16: bool = True
     # model shape (~2.3M parameters)
     hidden_size: int = 192
     intermediate_size: int = 512
@@ -101,16 +105,11 @@ def encode(tokenizer, example: tasks.Example) -> tuple[list[int], int]:
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
-_last_pool: list = [None, None, None]  # (seed and size, tokenizer, encoded pool) of the last pool drawn
-
-
+@functools.lru_cache(maxsize=1)  # a pool serves `pool_batches` consecutive steps
 def _encoded_pool(seed: int, size: int, tokenizer) -> list[tuple[list[int], int]]:
-    """The pool's examples encoded and sorted by length; kept for the pool's consecutive steps."""
-    if _last_pool[0] != (seed, size) or _last_pool[1] is not tokenizer:
-        examples = tasks.sample_examples(size, seed=seed)
-        _last_pool[:] = [(seed, size), tokenizer,
-                         sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))]
-    return _last_pool[2]
+    """The pool's examples encoded and sorted by length (callers only slice it)."""
+    examples = tasks.sample_examples(size, seed=seed)
+    return sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))
 
 
 def batch_for_step(step: int, settings: TrainSettings, tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -220,7 +219,8 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
             input_ids, _, loss_mask = batch_for_step(step, settings, tokenizer)
             # Padding is on the right and causal attention never looks ahead, so pad tokens
             # cannot change the real tokens' outputs: no mask needed (sdpa's fast path).
-            main, mtp = losses(model, input_ids, None, loss_mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+                main, mtp = losses(model, input_ids, None, loss_mask)
             (main + settings.mtp_weight * mtp).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
