@@ -33,7 +33,7 @@ class TrainSettings:
     """Everything that decides the shipped weights. Change one and you get a different model."""
 
     seed: int = 0
-    steps: int = 3200
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     min_lr: float = 1e-4
