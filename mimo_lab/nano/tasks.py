@@ -372,14 +372,14 @@ def _sort_label(index: int) -> str:
 
 def _compare_digits(x: int, y: int) -> str:
     """Two numbers compared digit by digit from the highest place (the shorter one padded with
-    zeros): "3 = 3, 4 < 5" for 34 and 35, "0 < 2" for 6 and 27: each step is one digit against one."""
+    zeros), each pair of digits in the pair's order: "3 = 3, 5 > 4" for 35 and 34, "0 < 2" for 6
+    and 27. Every step is one digit against one, and the sign that decides says which of the two
+    is smaller: "<" the first, ">" the second."""
     width = max(len(str(x)), len(str(y)))
     steps = []
     for dx, dy in zip(str(x).rjust(width, "0"), str(y).rjust(width, "0"), strict=True):
-        if dx == dy:
-            steps.append(f"{dx} = {dy}")
-        else:
-            steps.append(f"{min(dx, dy)} < {max(dx, dy)}")
+        steps.append(f"{dx} {'=' if dx == dy else '<' if dx < dy else '>'} {dy}")
+        if dx != dy:
             break
     return ", ".join(steps)
 
@@ -388,8 +388,9 @@ def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
     # Selection sort in the open: list the numbers left, keep the smaller of each pair, take the
     # smallest out, repeat. Each number keeps a letter name ("c 28"), so taking one out and
     # copying the rest is matching a one-token name, not a two-digit number that may share its
-    # first digit with another. A pair is compared digit by digit before the smaller is named
-    # ("a 34 or d 35: 3 = 3, 4 < 5, a 34"): every decision is one digit against one digit.
+    # first digit with another. A pair is compared digit by digit, in the pair's order, before the
+    # smaller is named ("a 35 or d 34: 3 = 3, 5 > 4, d 34"): every decision is one digit against
+    # one, and the sign then says which of the two to name.
     named = {n: _sort_label(i) for i, n in enumerate(numbers)}
     left, ordered = list(numbers), []
     slipper = _Slipper(rng, len(numbers) * (len(numbers) - 1) // 2)

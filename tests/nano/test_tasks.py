@@ -147,21 +147,23 @@ def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
         listed = re.findall(r"([a-z]) (\d+)", re.match(r"Left: ([a-z\d, ]+)\.", line).group(1))
         assert listed == [(names[n], str(n)) for n in left]  # the numbers not taken yet, in the prompt's order
         # a slip names the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
-        line = re.sub(r"([a-z] \d+ or [a-z] \d+: [\d=<, ]+), [a-z] \d+\. Wait, \d+ < \d+, so ([a-z] \d+)\.",
+        line = re.sub(r"([a-z] \d+ or [a-z] \d+: [\d=<>, ]+), [a-z] \d+\. Wait, \d+ < \d+, so ([a-z] \d+)\.",
                       r"\1, \2.", line)
         running = listed[0]
-        for x, y, digits, kept in re.findall(r"([a-z] \d+) or ([a-z] \d+): ((?:\d [=<] \d, )+)([a-z] \d+)\.", line):
+        for x, y, digits, kept in re.findall(r"([a-z] \d+) or ([a-z] \d+): ((?:\d [=<>] \d, )+)([a-z] \d+)\.", line):
             assert x == " ".join(running)  # the pair's first is the one kept so far, with its name
             assert kept == min(x, y, key=lambda item: int(item.split()[1]))
-            # digit by digit from the highest place (zero-padded): equal digits, then the first that differ
+            # digit by digit from the highest place (zero-padded), in the pair's order: equal digits,
+            # then the first that differ, whose sign says which of the two is smaller
             a, b = (item.split()[1] for item in (x, y))
             width = max(len(a), len(b))
-            pairs = re.findall(r"(\d) ([=<]) (\d)", digits)
+            pairs = re.findall(r"(\d) ([=<>]) (\d)", digits)
             digit_pairs = list(zip(a.rjust(width, "0"), b.rjust(width, "0"), strict=True))
             for (d1, op, d2), (da, db) in zip(pairs, digit_pairs[:len(pairs)], strict=True):
-                assert (d1, d2) == ((da, db) if op == "=" else tuple(sorted((da, db))))
-                assert (op == "=") == (da == db)
-            assert pairs[-1][1] == "<"
+                assert (d1, d2) == (da, db)
+                assert op == ("=" if da == db else "<" if da < db else ">")
+            assert pairs[-1][1] != "="
+            assert kept == (x if pairs[-1][1] == "<" else y)
             running = tuple(kept.split())
         assert int(running[1]) == min(left) and running[0] == names[min(left)]
         assert line.endswith(f"is {running[0]} {running[1]}.")
