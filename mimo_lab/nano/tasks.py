@@ -34,12 +34,12 @@ _MUL_DIGITS = {1: (2, 1), 2: (3, 1), 3: (2, 2), 4: (3, 2), 5: (3, 3)}
 # Linear equation a*x + b = c: ranges of a, x, b.
 _EQ_RANGES = {1: (5, 5, 9), 2: (9, 9, 20), 3: (9, 12, 30), 4: (19, 50, 99), 5: (49, 99, 999)}
 # Letter counting: word length range.
-_WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 9), 4: (10, 13), 5: (14, 18)}
+_WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 10), 4: (11, 14), 5: (15, 18)}
 # Sorting: (list length range, largest number).
 _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
 # How often each family is drawn in training: the ones that need more facts get more examples.
 TRAIN_WEIGHTS = {"addition": 0.9, "subtraction": 1.1, "multiplication": 1.3, "linear_equation": 1.0,
-                 "letter_count": 2.0, "sorting": 1.2}
+                 "letter_count": 2.3, "sorting": 1.2}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
