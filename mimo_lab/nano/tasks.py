@@ -34,12 +34,12 @@ _MUL_DIGITS = {1: (2, 1), 2: (3, 1), 3: (2, 2), 4: (3, 2), 5: (3, 3)}
 # Linear equation a*x + b = c: ranges of a, x, b.
 _EQ_RANGES = {1: (5, 5, 9), 2: (9, 9, 20), 3: (9, 12, 30), 4: (19, 50, 99), 5: (49, 99, 999)}
 # Letter counting: word length range.
-_WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 9), 4: (10, 13), 5: (14, 18)}
+_WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 10), 4: (11, 14), 5: (15, 18)}
 # Sorting: (list length range, largest number).
 _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
 # How often each family is drawn in training: the ones that need more facts get more examples.
 TRAIN_WEIGHTS = {"addition": 0.9, "subtraction": 1.1, "multiplication": 1.3, "linear_equation": 1.0,
-                 "letter_count": 1.7, "sorting": 1.2}
+                 "letter_count": 2.3, "sorting": 1.2}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
@@ -354,7 +354,9 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
         else:
             items.append(ch)
     times = f"time{'' if count == 1 else 's'}"
-    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + ", ".join(items) + ".",
+    # The spelling ends with "end", written where the next letter would be: finding the next
+    # letter and finding that the word is over are then the same look-up, one token after a comma.
+    think = [f"I spell '{word}' and look for the letter {letter}.", "Letters: " + ", ".join([*items, "end"]) + ".",
              f"The letter {letter} appears {count} {times}."]
     if count:
         think.append(f"Check: {', '.join([letter] * count)} makes {count}. Correct.")
@@ -363,30 +365,58 @@ def _trace_letter_count(letter: str, word: str, rng: random.Random) -> tuple[str
     return "\n".join(think), f"The letter '{letter}' appears \\boxed{{{count}}} {times}.", False
 
 
+def _sort_label(index: int) -> str:
+    """a, b, ..., z, then aa, ab, ...: a one-token name for each number of the list."""
+    return _LETTERS[index] if index < len(_LETTERS) else _sort_label(index // len(_LETTERS) - 1) + _LETTERS[index % 26]
+
+
+def _compare_digits(x: int, y: int) -> str:
+    """Two numbers compared digit by digit from the highest place (the shorter one padded with
+    zeros), each pair of digits in the pair's order: "3 = 3, 5 > 4" for 35 and 34, "0 < 2" for 6
+    and 27. Every step is one digit against one, and the sign that decides says which of the two
+    is smaller: "<" the first, ">" the second."""
+    width = max(len(str(x)), len(str(y)))
+    steps = []
+    for dx, dy in zip(str(x).rjust(width, "0"), str(y).rjust(width, "0"), strict=True):
+        steps.append(f"{dx} {'=' if dx == dy else '<' if dx < dy else '>'} {dy}")
+        if dx != dy:
+            break
+    return ", ".join(steps)
+
+
 def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
-    # Selection sort in the open: list the numbers left, keep the smaller of each pair (every
-    # comparison is of two numbers side by side), take the smallest out, repeat.
+    # Selection sort in the open: list the numbers left, keep the smaller of each pair, take the
+    # smallest out, repeat. Each number keeps a letter name ("c 28"), so taking one out and
+    # copying the rest is matching a one-token name, not a two-digit number that may share its
+    # first digit with another. A pair is compared digit by digit, in the pair's order, before the
+    # smaller is named ("a 35 or d 34: 3 = 3, 5 > 4, d 34"): every decision is one digit against
+    # one, and the sign then says which of the two to name.
+    named = {n: _sort_label(i) for i, n in enumerate(numbers)}
     left, ordered = list(numbers), []
     slipper = _Slipper(rng, len(numbers) * (len(numbers) - 1) // 2)
+
+    def item(n: int) -> str:
+        return f"{named[n]} {n}"
+
     think = ["I sort them from smallest to largest, taking the smallest of those left each time."]
     while len(left) > 1:
-        parts, best = [f"Left: {', '.join(map(str, left))}."], left[0]
+        parts, best = [f"Left: {', '.join(map(item, left))}."], left[0]
         for n in left[1:]:
             small, big = min(best, n), max(best, n)
-            if slipper.should_slip(False):
-                parts.append(f"{best} or {n}: {big}. Wait, {small} < {big}, so {small}.")
+            compared = f"{item(best)} or {item(n)}: {_compare_digits(best, n)}"
+            if slipper.should_slip(False) and small != big:
+                parts.append(f"{compared}, {item(big)}. Wait, {small} < {big}, so {item(small)}.")
             else:
-                parts.append(f"{best} or {n}: {small}.")
+                parts.append(f"{compared}, {item(small)}.")
             best = small
-        parts.append(f"{'Next' if ordered else 'The smallest'} is {best}.")
+        parts.append(f"{'Next' if ordered else 'The smallest'} is {item(best)}.")
         think.append(" ".join(parts))
         ordered.append(best)
         left.remove(best)
-    think.append(f"Left: {left[0]}. The last is {left[0]}.")
+    think.append(f"Left: {item(left[0])}. The last is {item(left[0])}.")
     ordered.append(left[0])
-    result = ", ".join(map(str, ordered))
-    think += [f"So the sorted list is {result}.", f"Check: {' < '.join(map(str, ordered))}. Correct."]
-    return "\n".join(think), f"Sorted: \\boxed{{{result}}}.", slipper.used
+    think.append(f"Check: {' < '.join(map(str, ordered))}. Correct.")
+    return "\n".join(think), f"Sorted: \\boxed{{{', '.join(map(str, ordered))}}}.", slipper.used
 
 
 def make_example(problem: Problem, rng: random.Random) -> Example:

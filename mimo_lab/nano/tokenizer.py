@@ -66,7 +66,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> Qwen2
 
 def _with_spaced_letters(vocab: dict[str, int], merges: list[tuple[str, str]]):
     """Make every space + letter (" a" ... " z") one token, so that each letter of a spelling
-    ("Letters: s, u, m, m, e, r") and the letter looked for ("the letter m") are the same token.
+    ("Letters: s, u, m, m, e, r, end") and the letter looked for ("the letter m") are the same token.
     The merges learned last make room for them (keeping any space + letter merge among them):
     only space + letter merges come after those, and they use no merged token."""
     spaced = {f"Ġ{c}" for c in string.ascii_lowercase}

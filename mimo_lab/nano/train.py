@@ -33,7 +33,7 @@ class TrainSettings:
     """Everything that decides the shipped weights. Change one and you get a different model."""
 
     seed: int = 0
-    steps: int = 2700
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
     min_lr: float = 1e-4
@@ -45,6 +45,9 @@ class TrainSettings:
     tokenizer_corpus: int = 6000
     save_every: int = 200
     threads: int = 2
+    # Matmuls and attention in bfloat16 under autocast (weights, optimizer state and the loss stay
+    # float32): 1.8x faster steps on a CPU with AVX512-BF16, so more steps fit in the 40 minutes.
+    bf16: bool = True
     # model shape (~2.3M parameters)
     hidden_size: int = 192
     intermediate_size: int = 512
@@ -216,7 +219,8 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
             input_ids, _, loss_mask = batch_for_step(step, settings, tokenizer)
             # Padding is on the right and causal attention never looks ahead, so pad tokens
             # cannot change the real tokens' outputs: no mask needed (sdpa's fast path).
-            main, mtp = losses(model, input_ids, None, loss_mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+                main, mtp = losses(model, input_ids, None, loss_mask)
             (main + settings.mtp_weight * mtp).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()

@@ -139,22 +139,38 @@ def test_column_subtraction_trace_is_arithmetic(a, b, seed):
 def test_sorting_trace_takes_the_smallest_of_those_left(numbers, seed):
     example = tasks.make_example(tasks.problem_from_prompt("sorting", tuple(numbers)), random.Random(seed))
     thinking = example.completion.split("</think>")[0]
+    names = {n: "abcdefghij"[i] for i, n in enumerate(numbers)}  # each number keeps its letter name
     left, picked = list(numbers), []
     steps = [line for line in thinking.splitlines() if line.startswith("Left:")]
     assert len(steps) == len(numbers)
     for line in steps:
-        listed = [int(n) for n in re.match(r"Left: ([\d, ]+)\.", line).group(1).split(", ")]
-        assert listed == left  # the numbers not taken yet, in the prompt's order
-        # a slip keeps the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
-        line = re.sub(r"(\d+) or (\d+): \d+\. Wait, \d+ < \d+, so (\d+)\.", r"\1 or \2: \3.", line)
+        listed = re.findall(r"([a-z]) (\d+)", re.match(r"Left: ([a-z\d, ]+)\.", line).group(1))
+        assert listed == [(names[n], str(n)) for n in left]  # the numbers not taken yet, in the prompt's order
+        # a slip names the larger of a pair, then "Wait, ..., so" the smaller: keep the correction
+        line = re.sub(r"([a-z] \d+ or [a-z] \d+: [\d=<>, ]+), [a-z] \d+\. Wait, \d+ < \d+, so ([a-z] \d+)\.",
+                      r"\1, \2.", line)
         running = listed[0]
-        for x, y, kept in re.findall(r"(\d+) or (\d+): (\d+)\.", line):
-            assert int(x) == running and int(kept) == min(int(x), int(y))
-            running = int(kept)
-        assert running == min(left) and line.endswith(f"is {running}.")
-        picked.append(running)
-        left.remove(running)
+        for x, y, digits, kept in re.findall(r"([a-z] \d+) or ([a-z] \d+): ((?:\d [=<>] \d, )+)([a-z] \d+)\.", line):
+            assert x == " ".join(running)  # the pair's first is the one kept so far, with its name
+            assert kept == min(x, y, key=lambda item: int(item.split()[1]))
+            # digit by digit from the highest place (zero-padded), in the pair's order: equal digits,
+            # then the first that differ, whose sign says which of the two is smaller
+            a, b = (item.split()[1] for item in (x, y))
+            width = max(len(a), len(b))
+            pairs = re.findall(r"(\d) ([=<>]) (\d)", digits)
+            digit_pairs = list(zip(a.rjust(width, "0"), b.rjust(width, "0"), strict=True))
+            for (d1, op, d2), (da, db) in zip(pairs, digit_pairs[:len(pairs)], strict=True):
+                assert (d1, d2) == (da, db)
+                assert op == ("=" if da == db else "<" if da < db else ">")
+            assert pairs[-1][1] != "="
+            assert kept == (x if pairs[-1][1] == "<" else y)
+            running = tuple(kept.split())
+        assert int(running[1]) == min(left) and running[0] == names[min(left)]
+        assert line.endswith(f"is {running[0]} {running[1]}.")
+        picked.append(min(left))
+        left.remove(min(left))
     assert picked == sorted(numbers)
+    assert f"Check: {' < '.join(map(str, sorted(numbers)))}. Correct." in thinking
     assert example.problem.answer == ", ".join(map(str, sorted(numbers)))
 
 
@@ -166,6 +182,8 @@ def test_letter_count_trace_spells_and_counts(word, letter):
     thinking = example.completion.split("</think>")[0]
     assert f"look for the letter {letter}." in thinking  # the same form (" m") as each spelled letter
     spelled = re.search(r"Letters: (.*)\.\n", thinking).group(1).split(", ")
+    assert spelled[-1] == "end"  # the spelling says where the word is over
+    spelled = spelled[:-1]
     assert "".join(item[0] for item in spelled) == word
     marks = [int(item[3:-1]) for item in spelled if len(item) > 1]
     assert marks == list(range(1, word.count(letter) + 1))

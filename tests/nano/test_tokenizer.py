@@ -66,6 +66,6 @@ def test_a_spelled_letter_and_the_letter_looked_for_are_the_same_token(tokenizer
     for letter in "abcdefghijklmnopqrstuvwxyz":
         assert tokenizer.convert_ids_to_tokens(tokenizer(f" {letter}", add_special_tokens=False)["input_ids"]) \
             == [f"Ġ{letter}"]
-    text = "I spell 'quiz' and look for the letter z.\nLetters: q, u, i, z (1)."
+    text = "I spell 'quiz' and look for the letter z.\nLetters: q, u, i, z (1), end."
     pieces = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert pieces.count("Ġz") == 2 and {"Ġq", "Ġu", "Ġi"} <= set(pieces)
