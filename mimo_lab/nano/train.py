@@ -289,7 +289,9 @@ def write_model_card(folder: str | Path, quality_markdown: str | None = None) ->
         f"{config['max_position_embeddings']}, RoPE theta {config['rope_parameters']['rope_theta']:g}.",
         f"- AdamW (lr {settings['lr']:g} → {settings['min_lr']:g}, cosine, {settings['warmup']} warm-up steps, "
         f"weight decay {settings['weight_decay']}), batch {settings['batch_size']}, loss on the completion only; "
-        f"MTP t+2 loss weighted {settings['mtp_weight']} and trained jointly.",
+        f"MTP t+2 loss weighted {settings['mtp_weight']} and trained jointly"
+        + ("; matmuls and attention in bfloat16 under autocast (weights, optimizer state and loss in float32)."
+           if settings.get("bf16") else "."),
         "- Data: fresh problems every step from `mimo_lab.nano.tasks` (levels 1-3), never the held-out tenth.",
         f"- Final loss (mean of the last {len(last)} logged steps): next token {final_loss:.4f}, "
         f"MTP {final_mtp:.4f}; {log[-1]['seconds'] / 60:.1f} minutes of training "
