@@ -46,7 +46,8 @@ class TrainSettings:
     save_every: int = 200
     threads: int = 2
     # Matmuls and attention in bfloat16 under autocast (weights, optimizer state and the loss stay
-    # float32): 1.8x faster steps on a CPU with AVX512-BF16, so more steps fit in the 40 minutes.
+    # float32): on a CPU with AVX512-BF16 a whole run's steps are 1.17x faster (benchmarks/RESULTS.md),
+    # so more steps fit in the 40 minutes.
     bf16: bool = True
     # model shape (~2.3M parameters)
     hidden_size: int = 192
