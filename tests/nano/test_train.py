@@ -94,3 +94,13 @@ def test_a_steps_batch_does_not_depend_on_the_steps_drawn_before():
     other = batch_for_step(3, TINY, make_tokenizer(replace(TINY, tokenizer_corpus=200)))[0]
     assert other.shape != first[0].shape or not torch.equal(other, first[0])
     assert torch.equal(batch_for_step(3, TINY, tokenizer)[0], first[0])
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_says_so_in_the_card(tmp_path):
+    short = replace(TINY, steps=3)
+    runs = {bf16: train(tmp_path / f"bf16_{bf16}", replace(short, bf16=bf16), progress=False) for bf16 in (True, False)}
+    first = {bf16: json.loads((out / "loss_log.jsonl").read_text().splitlines()[0])["loss"] for bf16, out in runs.items()}
+    # the same init and batch: bfloat16 matmuls move the first loss a little, not a lot
+    assert first[True] != first[False] and abs(first[True] - first[False]) < 0.05 * first[False], first
+    assert "bfloat16 under autocast" in (runs[True] / "README.md").read_text()
+    assert "bfloat16" not in (runs[False] / "README.md").read_text()
