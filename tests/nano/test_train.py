@@ -99,7 +99,8 @@ def test_a_steps_batch_does_not_depend_on_the_steps_drawn_before():
 def test_bf16_runs_the_forward_in_bfloat16_and_says_so_in_the_card(tmp_path):
     short = replace(TINY, steps=3)
     runs = {bf16: train(tmp_path / f"bf16_{bf16}", replace(short, bf16=bf16), progress=False) for bf16 in (True, False)}
-    first = {bf16: json.loads((out / "loss_log.jsonl").read_text().splitlines()[0])["loss"] for bf16, out in runs.items()}
+    first = {bf16: json.loads((out / "loss_log.jsonl").read_text().splitlines()[0])["loss"]
+             for bf16, out in runs.items()}
     # the same init and batch: bfloat16 matmuls move the first loss a little, not a lot
     assert first[True] != first[False] and abs(first[True] - first[False]) < 0.05 * first[False], first
     assert "bfloat16 under autocast" in (runs[True] / "README.md").read_text()
