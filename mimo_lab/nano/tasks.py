@@ -38,7 +38,7 @@ _WORD_LENGTHS = {1: (3, 5), 2: (5, 7), 3: (7, 10), 4: (11, 14), 5: (15, 18)}
 # Sorting: (list length range, largest number).
 _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 999), 5: ((9, 10), 999)}
 # How often each family is drawn in training: the ones that need more facts get more examples.
-TRAIN_WEIGHTS = {"addition": 0.9, "subtraction": 1.1, "multiplication": 1.3, "linear_equation": 1.0,
+TRAIN_WEIGHTS = {"addition": 1.1, "subtraction": 1.1, "multiplication": 1.1, "linear_equation": 1.0,
                  "letter_count": 2.3, "sorting": 1.2}
 
 _WORDS = """
