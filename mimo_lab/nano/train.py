@@ -58,6 +58,25 @@ class TrainSettings:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 32768
 
+    def __post_init__(self) -> None:
+        """Bad settings fail here, before a tokenizer is trained or a folder written."""
+        least = {"seed": None, "warmup": 0, "steps": 1, "batch_size": 1, "pool_batches": 1, "tokenizer_corpus": 1,
+                 "save_every": 1, "threads": 1, "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1,
+                 "num_attention_heads": 1, "num_key_value_heads": 1, "max_position_embeddings": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+                accepted = "a whole number" + ("" if low is None else f" of at least {low}")
+                raise ValueError(f"TrainSettings.{name}={value!r}: {accepted} is accepted")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"TrainSettings.bf16={self.bf16!r}: True or False is accepted")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"TrainSettings.lr={self.lr!r}, min_lr={self.min_lr!r}: 0 <= min_lr <= lr is accepted")
+        if self.num_attention_heads % self.num_key_value_heads or self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"TrainSettings: hidden_size={self.hidden_size}, num_attention_heads="
+                             f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads}: hidden_size "
+                             "a multiple of the heads, and the heads a multiple of the KV heads, is accepted")
+
 
 def model_config(settings: TrainSettings, tokenizer) -> MiMoConfig:
     """MiMo-7B's config fields, scaled down."""

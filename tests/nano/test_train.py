@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from mimo_lab.cli import main
 from mimo_lab.models.mimo import MiMoForCausalLM
 from mimo_lab.nano import train as train_module
 from mimo_lab.nano.train import TrainSettings, batch_for_step, losses, make_tokenizer, model_config, train
@@ -105,3 +107,19 @@ def test_bf16_runs_the_forward_in_bfloat16_and_says_so_in_the_card(tmp_path):
     assert first[True] != first[False] and abs(first[True] - first[False]) < 0.05 * first[False], first
     assert "bfloat16 under autocast" in (runs[True] / "README.md").read_text()
     assert "bfloat16" not in (runs[False] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"steps": 0}, "steps=0"), ({"batch_size": 2.5}, "batch_size=2.5"), ({"warmup": -1}, "warmup=-1"),
+    ({"seed": "0"}, "seed='0'"), ({"bf16": "no"}, "bf16='no'"), ({"min_lr": 0.1}, "min_lr=0.1"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads=3"),
+])
+def test_bad_settings_fail_when_made(change, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        replace(TINY, **change)
+
+
+def test_cli_rejects_zero_steps_before_writing_anything(tmp_path, capsys):
+    assert main(["nano", "train", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
+    assert "TrainSettings.steps=0: a whole number of at least 1 is accepted" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
