@@ -268,20 +268,6 @@ class Lab:
                     add_special_tokens=not self.tokenizer.chat_template)
         return traces[0] if single else traces
 
-    # ------------------------------------------------------------------ probes
-    def capture(self, text_or_trace, sites=("resid", "attn_out", "mlp_out"), layers=None,
-                chunk_size: int | None = None):
-        """Activations at the named sites (see `mimo_lab.probe`); returns `Activations`."""
-        from mimo_lab.probe.capture import capture
-
-        return capture(self, text_or_trace, sites=sites, layers=layers, chunk_size=chunk_size)
-
-    def attention(self, text_or_trace, layer: int, heads=None, **options):
-        """Attention of one layer's heads from post-RoPE q/k in query chunks; `.patterns`, `.by_sentence()`."""
-        from mimo_lab.probe.attention import attention
-
-        return attention(self, text_or_trace, layer, heads=heads, **options)
-
     def _generate_remote(self, prompts, texts, settings, seeds, single):
         with self._lock:
             traces = generation.generate_remote(self, texts, prompts, sampling=settings, seeds=seeds)
@@ -346,6 +332,29 @@ class Lab:
             raise result["error"]
 
     last_trace: Trace | None = None
+
+    # ------------------------------------------------------------------ probes: capture and lenses
+    # (thin delegates to mimo_lab.probe.capture and mimo_lab.probe.lens)
+
+    def capture(self, text_or_trace, sites=("resid", "attn_out", "mlp_out"), layers=None,
+                chunk_size: int | None = None):
+        """Activations at the named sites (see `mimo_lab.probe`); returns `Activations`."""
+        from mimo_lab.probe.capture import capture
+
+        return capture(self, text_or_trace, sites=sites, layers=layers, chunk_size=chunk_size)
+
+    # ------------------------------------------------------------------ end of capture and lenses
+
+    # ------------------------------------------------------------------ probes: attention and interventions
+    # (thin delegates to mimo_lab.probe.attention and mimo_lab.probe.intervene)
+
+    def attention(self, text_or_trace, layer: int, heads=None, **options):
+        """Attention of one layer's heads from post-RoPE q/k in query chunks; `.patterns`, `.by_sentence()`."""
+        from mimo_lab.probe.attention import attention
+
+        return attention(self, text_or_trace, layer, heads=heads, **options)
+
+    # ------------------------------------------------------------------ end of attention and interventions
 
 
 # ----------------------------------------------------------------------------- load
