@@ -59,6 +59,11 @@ class Trace:
     meta: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ text views
+    @property
+    def prompt_length(self) -> int:
+        """Position of the first generated token: positions count the prompt's tokens, then the generated ones."""
+        return int(self.prompt_ids.numel())
+
     def __len__(self) -> int:
         return int(self.token_ids.numel())
 
