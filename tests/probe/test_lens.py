@@ -145,11 +145,14 @@ def test_mtp_lens_default_convention_is_the_cards(lab, nano):
 def test_mtp_lens_of_another_models_trace_is_computed_by_this_lab(lab, twin):
     trace = lab.generate("What is 1 + 2?", seed=1, max_new_tokens=20)
     stored = trace.mtp["pred_prob"].clone()
-    lens = twin.mtp_lens(trace)
-    assert lens.model_name == twin.name
+    lens = mtp_lens(twin, trace)  # the module function, as on main
+    got = torch.tensor(lens.to_frame()["guess_prob"].tolist())
+    assert not torch.allclose(got[:-1], stored[:-1])  # not the other model's stored analytics
     ids = torch.cat([trace.prompt_ids, trace.token_ids])
+    expected = _independent_mtp(twin, ids, zero_first=True).max(-1).values.exp()[trace.prompt_length:]
+    torch.testing.assert_close(got[:-1], expected, atol=1e-5, rtol=1e-4)  # but the twin's own head
+    assert lens.model_name == twin.name
     _check_mtp_lens(twin, lens, ids, trace.prompt_length, zero_first=True)
-    assert not torch.allclose(lens.guess_probs[:-1], stored[:-1])  # not the trace's stored analytics
     trace.mtp = {k: torch.zeros_like(v) for k, v in trace.mtp.items()}  # whatever is stored is never read
     torch.testing.assert_close(lab.mtp_lens(trace).guess_probs[:-1], stored[:-1], atol=1e-5, rtol=1e-4)
 
