@@ -183,6 +183,18 @@ def test_the_default_convention_comes_from_the_config(mimo_checkpoint):
 
     nano = MiMoForCausalLM.from_pretrained(CHECKPOINT, dtype=torch.float32)
     assert nano.config.mtp_zero_first_embedding is False  # MiMo-nano was trained unmasked
+    from mimo_lab.nano.train import TrainSettings, model_config
+
+    assert model_config(TrainSettings(), nano_tokenizer()).mtp_zero_first_embedding is False  # retrains too
+    assert "unmasked" in (CHECKPOINT / "README.md").read_text().split("MTP convention", 1)[1].splitlines()[0]
+
+
+def nano_tokenizer():
+    from transformers import AutoTokenizer
+
+    from mimo_lab.nano import CHECKPOINT
+
+    return AutoTokenizer.from_pretrained(CHECKPOINT)
 
 
 @pytest.mark.parametrize("zero_first", [False, True])
