@@ -176,3 +176,25 @@ def test_mtp_lens(lab, tmp_path):
     assert again.to_frame().equals(frame) and again.zero_first_embedding == lens.zero_first_embedding
     several = lab.mtp_lens([trace, TEXT])
     assert [len(x) for x in several] == [len(trace), len(lab.tokenizer(TEXT, add_special_tokens=False)["input_ids"])]
+
+
+def test_a_position_from_one_result_indexes_every_other(lab, tmp_path):
+    trace = lab.generate("What is 1 + 2?", seed=3, max_new_tokens=16)
+    mtp = lab.mtp_lens(trace)
+    lens = lab.logit_lens(trace, k=2)
+    acts = lab.capture(trace, sites="resid", layers=[-1])
+    full = torch.cat([trace.prompt_ids, trace.token_ids])[None]
+    with torch.no_grad():
+        logits = lab.model(full).logits[0]
+    for position in mtp.to_frame().sort_values("target_prob").index[:5]:  # the MTP lens's least sure positions
+        token = trace.token_texts[position - trace.prompt_length]
+        assert mtp.to_frame().loc[position, "token"] == token
+        assert lens.token_texts[position] == token == acts.token_texts[position]
+        # the last layer's logit lens and residual at that position are the model's own output there
+        assert lens.top_ids[-1, position, 0] == int(logits[position].argmax())
+        torch.testing.assert_close(lab.model.lm_head(lab.model.model.norm(acts["resid"][0, position])),
+                                   logits[position], atol=1e-4, rtol=1e-4)
+    # a saved and reloaded trace keeps its tokenizer fingerprint, so the check still applies
+    again = type(trace).load(trace.save(tmp_path / "t"))
+    assert again.tokenizer_fingerprint == trace.tokenizer_fingerprint
+    assert lab.mtp_lens(again).to_frame().equals(mtp.to_frame())
