@@ -2,10 +2,14 @@
 
 Reports decode tokens/s at batch 1 and 32 (plain `generate`, mimo_lab's generate with per-token
 analytics, vLLM when installed) against the GPU's memory-bandwidth limit, the cost of capturing
-every layer's residual at 4k tokens, and sentence-level attention on a 16k-token input (time,
-peak GPU memory). Finishes in a few minutes; without a GPU it says so and exits cleanly.
+every layer's residual at 4k tokens, sentence-level attention on a 16k-token input (time,
+peak GPU memory), and the MTP head's t+2 accuracy under both slot-0 conventions (token embedding
+of slot 0 zeroed, as vLLM and SGLang run MiMo, or unmasked). That last figure means something only
+with real weights: pass `--mtp-model XiaomiMiMo/MiMo-7B-RL` (or a local folder); without it, it runs
+on the random model and only shows that the comparison works. Finishes in a few minutes; without a
+GPU it says so and exits cleanly.
 
-    python benchmarks/gpu.py [--out benchmarks/results/gpu.json]
+    python benchmarks/gpu.py [--out benchmarks/results/gpu.json] [--mtp-model M] [--only-mtp]
 """
 
 from __future__ import annotations
@@ -50,10 +54,37 @@ def timed(fn, repeats: int = 3) -> float:
     return best
 
 
+# Short problems for the MTP comparison (greedy traces; the head's t+2 guesses are scored on them).
+MTP_PROMPTS = [
+    "What is 4587 + 2698?", "Solve for x: 3x + 7 = 22.", "How many positive divisors does 360 have?",
+    "What is the sum of the first 50 odd numbers?", "Find the remainder when 2^100 is divided by 7.",
+    "A rectangle has perimeter 36 and area 80. What are its side lengths?",
+    "How many ways can 5 books be arranged on a shelf?", "What is the least common multiple of 18 and 24?",
+]
+
+
+def mtp_slot0_accuracy(lab, prompts: list[str], max_new_tokens: int) -> dict:
+    """t+2 accuracy of the MTP head over greedy traces, slot 0 zeroed (vLLM / SGLang) vs unmasked."""
+    traces = lab.generate(prompts, greedy=True, max_new_tokens=max_new_tokens, mtp=False)
+    out: dict = {"model": lab.name, "traces": len(traces), "card_default_zeroed": lab.card.mtp_zero_first_embedding}
+    for zero, key in ((True, "zeroed"), (False, "unmasked")):
+        hits = torch.cat([lens.hits for lens in lab.mtp_lens(traces, zero_first_embedding=zero)])
+        known = hits >= 0
+        out[f"t2_accuracy_{key}"] = float(hits[known].float().mean())
+        out["scored_tokens"] = int(known.sum())
+    out["zeroed_minus_unmasked"] = out["t2_accuracy_zeroed"] - out["t2_accuracy_unmasked"]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu.json"))
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--mtp-model", default=None,
+                        help="real MiMo weights (hub id or folder) for the MTP slot-0 comparison; default: the "
+                             "random model (the figure is then meaningless)")
+    parser.add_argument("--mtp-new-tokens", type=int, default=512, help="tokens per trace in the MTP comparison")
+    parser.add_argument("--only-mtp", action="store_true", help="run only the MTP slot-0 comparison")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA GPU on this machine: nothing to measure (run this on a GPU machine)")
@@ -79,6 +110,8 @@ def main() -> int:
         model = MiMoForCausalLM(config).to(torch.bfloat16).eval()
     nano = mimo_lab.load()  # its tokenizer stands in for MiMo's (ids < 512 are valid in both)
     lab = Lab(model, nano.tokenizer, CARDS["XiaomiMiMo/MiMo-7B-RL"], "random MiMo-7B shape")
+    if args.only_mtp:
+        return _mtp_only(args, lab, results, started)
     params = sum(p.numel() for p in model.parameters())
     decode_params = params - sum(p.numel() for p in model.model.mtp_layers.parameters())
     results["parameters"] = params
@@ -157,6 +190,19 @@ def main() -> int:
     except Exception as err:  # noqa: BLE001 - report, keep the other figures
         results["vllm"] = f"failed: {type(err).__name__}: {err}"
 
+    return _mtp_only(args, lab, results, started)
+
+
+def _mtp_only(args, random_lab, results: dict, started: float) -> int:
+    """The MTP slot-0 comparison (real weights when --mtp-model is given), then write the results."""
+    import mimo_lab
+
+    if args.mtp_model:
+        lab, weights = mimo_lab.load(args.mtp_model, device="cuda"), "real"
+    else:
+        lab, weights = random_lab, "random (pass --mtp-model for a meaningful figure)"
+    results["mtp_slot0"] = {"weights": weights, **mtp_slot0_accuracy(lab, MTP_PROMPTS, args.mtp_new_tokens)}
+    print(f"MTP t+2 accuracy, slot 0 zeroed vs unmasked: {results['mtp_slot0']}", flush=True)
     results["seconds_total"] = time.time() - started
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -29,7 +29,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from mimo_lab.trace import Trace
+from mimo_lab.trace import Trace, tokenizer_fingerprint
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,7 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
             seed=seeds[row],
             think_start=getattr(card, "think_start", "<think>"),
             think_end=getattr(card, "think_end", "</think>"),
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         )
         if with_mtp and len(ids) >= 1:
             trace.mtp = mtp_analytics(model, prompt_ids, trace.token_ids)
@@ -397,7 +398,8 @@ def generate_remote(lab, prompt_texts: list[str], prompts: list, *, sampling: Sa
                                                       for row in top_indices.tolist()],
             finish_reason=finish, prompt_text=text, prompt_ids=ids[0], model_name=lab.name, revision=lab.revision,
             sampling=sampling.as_dict(), seed=seed, think_start=lab.card.think_start, think_end=lab.card.think_end,
-            meta={"analytics": "second pass", "remote": lab.remote}))
+            meta={"analytics": "second pass", "remote": lab.remote},
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer)))
     return traces
 
 
@@ -428,6 +430,7 @@ def resample_from(model, tokenizer, trace: Trace, position: int, *, sampling: Sa
         revision=trace.revision, sampling=sampling.as_dict(), seed=seed, think_start=trace.think_start,
         think_end=trace.think_end,
         meta={**trace.meta, "resampled_from": {"position": position, "seed": trace.seed}},
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
     if with_mtp and len(ids):
         joined.mtp = mtp_analytics(model, trace.prompt_ids, joined.token_ids)

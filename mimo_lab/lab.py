@@ -338,10 +338,23 @@ class Lab:
 
     def capture(self, text_or_trace, sites=("resid", "attn_out", "mlp_out"), layers=None,
                 chunk_size: int | None = None):
-        """Activations at the named sites (see `mimo_lab.probe`); returns `Activations`."""
+        """Activations at the named sites over a text or a Trace (a list: a list of them); returns
+        `Activations`, row p = position p (see `mimo_lab.probe.capture`)."""
         from mimo_lab.probe.capture import capture
 
         return capture(self, text_or_trace, sites=sites, layers=layers, chunk_size=chunk_size)
+
+    def logit_lens(self, text_or_trace, layers=None, k: int = 5, chunk_size: int | None = 1024):
+        """Each layer's residual unembedded, top-k per position; returns `LensResult` (see `mimo_lab.probe.lens`)."""
+        from mimo_lab.probe.lens import logit_lens
+
+        return logit_lens(self, text_or_trace, layers=layers, k=k, chunk_size=chunk_size)
+
+    def mtp_lens(self, text_or_trace, *, zero_first_embedding: bool | None = None, chunk_size: int = 1024):
+        """This lab's MTP head's t+2 guesses along a text or a Trace; returns `MTPLens` (see `mimo_lab.probe.lens`)."""
+        from mimo_lab.probe.lens import mtp_lens
+
+        return mtp_lens(self, text_or_trace, zero_first_embedding=zero_first_embedding, chunk_size=chunk_size)
 
     # ------------------------------------------------------------------ end of capture and lenses
 

@@ -17,7 +17,9 @@ ended: "stop" (EOS), "length" (max_new_tokens) or "stopped" (interrupted).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,18 @@ from mimo_lab.answer import extract_answer
 from mimo_lab.segment import Segments, segment
 
 FORMAT_VERSION = 1
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """16 hex digits hashing the vocabulary (token -> id, added tokens included): two tokenizers with
+    the same fingerprint read every token id as the same token (MiMo-7B-Base and -RL share one)."""
+    cached = _FINGERPRINTS.get(tokenizer)
+    if cached is None or cached[0] != len(tokenizer):
+        vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+        digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+        cached = _FINGERPRINTS[tokenizer] = (len(tokenizer), digest)
+    return cached[1]
 
 
 @dataclass(eq=False)
@@ -57,6 +71,7 @@ class Trace:
     think_end: str | None = "</think>"
     mtp: dict[str, torch.Tensor] | None = None
     meta: dict = field(default_factory=dict)
+    tokenizer_fingerprint: str = ""  # `tokenizer_fingerprint(tokenizer)` of the generating tokenizer; "" if unknown
 
     # ------------------------------------------------------------------ text views
     @property
@@ -246,7 +261,7 @@ class Trace:
             "text": self.text, "token_texts": self.token_texts, "top_texts": self.top_texts,
             "finish_reason": self.finish_reason, "model_name": self.model_name, "revision": self.revision,
             "sampling": self.sampling, "seed": self.seed, "think_start": self.think_start,
-            "think_end": self.think_end, "meta": self.meta,
+            "think_end": self.think_end, "meta": self.meta, "tokenizer_fingerprint": self.tokenizer_fingerprint,
         }
         (path / "trace.json").write_text(json.dumps(record, ensure_ascii=False))
         return path

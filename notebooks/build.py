@@ -148,24 +148,29 @@ trace = lab.generate(PROMPT, greedy=True)
 start = trace.prompt_ids.numel()           # where generation begins in prompt + trace positions
 print(trace.thinking)
 """),
-        md("## Activations\nNamed sites (`resid`, `attn_out`, `mlp_out`) per layer, saved as safetensors."),
+        md("## Activations\nNamed sites (`resid`, `attn_out`, `mlp_out`) per layer. Row p of every tensor is position p: the prompt's tokens first, then the trace's, the same positions every probe uses. Saved as safetensors + JSON."),
         code("""
-acts = lab.capture(trace, sites=("resid", "attn_out", "mlp_out"))
+acts = lab.capture(trace, sites=("resid", "attn_out", "mlp_out"), layers=[-1, 0])   # any order, each layer once
 print(acts)
-acts.plot("resid")
+acts.plot("resid", start, len(acts.positions))
 """),
         md("## Logit lens\nEach layer's residual, unembedded: the top guess per position, coloured by the probability of the token that actually came next."),
         code("""
-lens = logit_lens(lab, trace, k=3)
-lens.plot(start, start + 40)
+lens = lab.logit_lens(trace, k=3)
+lens.plot(start, min(start + 40, len(lens.positions)))
 """),
-        md("## The MTP head: where is it unsure?\nMiMo's MTP head guesses token t+2 at every position; its accuracy by step label shows which kinds of steps are predictable two tokens ahead."),
+        code("""
+position = start + 5                       # any position: the lens, the activations and attention share them
+print(repr(lens.token_texts[position]), acts["resid"][:, position].norm(dim=-1))
+lens.at(position).query("rank == 0")
+"""),
+        md("## The MTP head: where is it unsure?\nMiMo's MTP head guesses the token at p+2 from every position p; its accuracy by step label shows which kinds of steps are predictable two tokens ahead. At slot 0 the serving engines (vLLM, SGLang) zero the token embedding; the lens follows the model card's convention (MiMo-7B: zeroed; MiMo-nano: unmasked, as it was trained) unless `zero_first_embedding=` says otherwise."),
         code("""
 if lab.has_mtp:
-    mtp = mtp_lens(lab, trace)
+    mtp = lab.mtp_lens(trace)
     print(mtp)
     display(mtp.by_label())
-    display(mtp.to_frame().sort_values("target_prob").head(8)[["token", "guess", "guess_prob", "target_prob", "label"]])
+    display(mtp.to_frame().sort_values("target_prob").head(8)[["token", "guess", "guess_prob", "target", "target_prob", "label"]])
     display(mtp.plot())
 """),
         md("## Attention patterns\nToken level for a window (checked against eager attention in the tests), sentence level for the whole trace."),

@@ -29,6 +29,9 @@ class ModelCard:
     published: dict[str, float] = field(default_factory=dict)
     notes: str = ""
     greedy: bool = False  # decode greedily unless the caller gives sampling settings
+    # MTP slot-0 convention its MTP was trained/served with: True = token embedding zeroed (vLLM/SGLang),
+    # False = unmasked; None = the checkpoint config's `mtp_zero_first_embedding`. The MTP lens's default.
+    mtp_zero_first_embedding: bool | None = None
 
     def sampling(self) -> dict:
         """The recommended sampling settings as keyword arguments of `Lab.generate`."""
@@ -42,7 +45,8 @@ _MIMO_NOTE = ("Qwen2 architecture + 1 MTP layer; empty system prompt; thinking i
 
 def _mimo(name: str, published: dict[str, float], notes: str = _MIMO_NOTE) -> ModelCard:
     return ModelCard(name=name, family="mimo", system_prompt="", temperature=0.6, top_p=0.95,
-                     max_new_tokens=32768, context_length=32768, has_mtp=True, published=published, notes=notes)
+                     max_new_tokens=32768, context_length=32768, has_mtp=True, published=published, notes=notes,
+                     mtp_zero_first_embedding=True)  # the serving engines' rule; Xiaomi's ~90% acceptance used it
 
 
 CARDS: dict[str, ModelCard] = {
@@ -74,7 +78,7 @@ CARDS: dict[str, ModelCard] = {
 
 NANO_CARD = ModelCard(
     name="MiMo-nano", family="mimo", system_prompt="", temperature=0.6, top_p=0.95, max_new_tokens=768,
-    context_length=32768, has_mtp=True, published={}, greedy=True,
+    context_length=32768, has_mtp=True, published={}, greedy=True, mtp_zero_first_embedding=False,
     notes="Tiny MiMo-architecture model trained by `mimo-lab nano train`; see mimo_lab/nano/checkpoint/README.md. "
           "Decodes greedily by default (its accuracy is measured that way); give a temperature to sample "
           "(MiMo's 0.6 is the slider's default).",

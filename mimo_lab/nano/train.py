@@ -92,6 +92,7 @@ def model_config(settings: TrainSettings, tokenizer) -> MiMoConfig:
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         num_nextn_predict_layers=1,
+        mtp_zero_first_embedding=False,  # MiMo-nano's MTP trains on every slot unmasked (the card records it)
         hidden_act="silu",
         attention_dropout=0.0,
         bos_token_id=None,
@@ -312,6 +313,11 @@ def write_model_card(folder: str | Path, quality_markdown: str | None = None) ->
         f"MTP t+2 loss weighted {settings['mtp_weight']} and trained jointly"
         + ("; matmuls and attention in bfloat16 under autocast (weights, optimizer state and loss in float32)."
            if settings.get("bf16") else "."),
+        "- MTP convention at slot 0: " + ("token embedding zeroed, as vLLM and SGLang run MiMo"
+                                          if config.get("mtp_zero_first_embedding", True) else
+                                          "unmasked (slot 0 sees the embedding of token 1; vLLM and SGLang zero it)")
+        + f" (`mtp_zero_first_embedding: {str(config.get('mtp_zero_first_embedding', True)).lower()}` in config.json,"
+        " the default of every MTP call).",
         "- Data: fresh problems every step from `mimo_lab.nano.tasks` (levels 1-3), never the held-out tenth.",
         f"- Final loss (mean of the last {len(last)} logged steps): next token {final_loss:.4f}, "
         f"MTP {final_mtp:.4f}; {log[-1]['seconds'] / 60:.1f} minutes of training "

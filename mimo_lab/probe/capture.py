@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,41 +14,58 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from mimo_lab.probe.inputs import Encoded, check_layers, encode, quiet_cache_warning, trace_kwargs
+from mimo_lab.checks import check_int
+from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode, quiet_cache_warning, trace_kwargs
 from mimo_lab.viz.style import base_layout
 
 SITES = ("resid", "attn_out", "mlp_out")
 
 
 def check_sites(sites) -> tuple[str, ...]:
-    sites = (sites,) if isinstance(sites, str) else tuple(sites)
-    unknown = [s for s in sites if s not in SITES]
-    if unknown or not sites:
-        raise ValueError(f"unknown site(s) {unknown or sites!r}: use any of {', '.join(SITES)}")
-    return sites
+    """A site name or a list of them, each once (TypeError for a non-string, ValueError for an unknown name)."""
+    chosen = (sites,) if isinstance(sites, str) else sites
+    if not isinstance(chosen, list | tuple):
+        raise TypeError(f"sites={sites!r} ({type(sites).__name__}) is not accepted: a site name or a list of them "
+                        f"({', '.join(SITES)}) is")
+    if not chosen:
+        raise ValueError(f"sites={sites!r} is empty: give at least one of {', '.join(SITES)}")
+    for site in chosen:
+        if not isinstance(site, str):
+            raise TypeError(f"sites={sites!r}: {site!r} ({type(site).__name__}) is not a site name: use any of "
+                            f"{', '.join(SITES)}")
+        if site not in SITES:
+            close = difflib.get_close_matches(site, SITES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"sites={sites!r}: unknown site {site!r}{hint}: use any of {', '.join(SITES)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"sites={sites!r} names a site twice: give each site once")
+    return tuple(chosen)
+
+
+def check_chunk_size(chunk_size) -> int | None:
+    return check_int("chunk_size", chunk_size, minimum=1, none_ok=True)
 
 
 def iter_chunks(lab, ids: torch.Tensor, sites: tuple[str, ...], layers: list[int],
                 chunk_size: int | None) -> Iterator[tuple[int, dict[tuple[str, int], torch.Tensor]]]:
     """Run the model over ids [1, n] (in chunks with a KV cache: the same activations as one pass)
-    and yield (start, {(site, layer): [chunk, hidden] on the CPU}) per chunk."""
+    and yield (start, {(site, layer): [chunk, hidden] on the CPU}) per chunk; `layers` in any order."""
     n = ids.shape[1]
     size = n if chunk_size is None else chunk_size
-    if size < 1:
-        raise ValueError(f"chunk_size {chunk_size!r} is not allowed: use an integer >= 1 or None")
     if lab.remote and size < n:
         raise ValueError("chunk_size needs a local model (the KV cache stays on this machine): use chunk_size=None "
                          "with remote execution")
     cache = DynamicCache(config=lab.model.config) if size < n else None
     model = lab.nn.model
+    in_model_order = sorted(set(layers))
     for start in range(0, n, size):
         piece = ids[:, start : start + size]
         saved = {}
         with torch.no_grad(), quiet_cache_warning(), \
                 lab.nn.trace(piece, **trace_kwargs(cache), **lab.trace_options) as tracer:
-            # nnsight needs values in the order the model computes them: per layer attention,
-            # then MLP, then the layer's output.
-            for layer in layers:
+            # nnsight needs values in the order the model computes them: layers in model order, and
+            # per layer attention, then MLP, then the layer's output (callers reorder afterwards).
+            for layer in in_model_order:
                 block = model.layers[layer]
                 if "attn_out" in sites:
                     saved[("attn_out", layer)] = block.self_attn.output[0].save()
@@ -59,9 +77,80 @@ def iter_chunks(lab, ids: torch.Tensor, sites: tuple[str, ...], layers: list[int
         yield start, {key: value[0].detach().float().cpu() for key, value in saved.items()}
 
 
+def check_window(start, end, stop: int, first: int = 0) -> tuple[int, int]:
+    """A plot window [start, end) of positions inside [first, stop) (start None: first; end None: stop).
+
+    Out-of-range or empty windows are refused (never clamped, so axis labels are always positions)."""
+    covers = f"this result covers positions {first} to {stop - 1}"
+    start = first if start is None else check_int("start", start)
+    end = check_int("end", end, none_ok=True)
+    if not first <= start < stop:
+        raise ValueError(f"start={start} is out of range: {covers}")
+    end = stop if end is None else end
+    if end <= start:
+        raise ValueError(f"end={end} is not accepted: the window [start, end) must hold at least one position "
+                         f"(end > start={start})")
+    if end > stop:
+        raise ValueError(f"end={end} is out of range: {covers} (end at most {stop})")
+    return start, end
+
+
+# ----------------------------------------------------------------------------- saving and loading
+
+
+def read_saved(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
+    """Tensors and metadata of a result saved by `.save`; names the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{kind}.load: {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{kind}.load: {str(path)!r} is a folder: give the file written by {kind}.save")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear message
+        raise ValueError(f"{kind}.load: {str(path)!r} is not a readable safetensors file ({type(err).__name__}: "
+                         f"{err})") from err
+    if meta.get("kind", kind) != kind:
+        raise ValueError(f"{kind}.load: {str(path)!r} holds a saved {meta['kind']}, not a {kind}")
+    return tensors, meta, path
+
+
+def meta_field(meta: dict[str, str], name: str, path: Path, kind: str, parse=json.loads, default=...):
+    """One metadata field, parsed; a missing or corrupt field names the file and the field."""
+    if name not in meta:
+        if default is not ...:
+            return default
+        raise ValueError(f"{kind}.load: {str(path)!r} has no field {name!r}: it is not a saved {kind}, or it is "
+                         "damaged")
+    try:
+        return parse(meta[name])
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{kind}.load: field {name!r} of {str(path)!r} is corrupt ({type(err).__name__}: {err})"
+                         ) from err
+
+
+def tensor_field(tensors: dict[str, torch.Tensor], name: str, path: Path, kind: str, shape=None) -> torch.Tensor:
+    """One saved tensor; a missing one, or one of the wrong leading shape, names the file and the field."""
+    if name not in tensors:
+        raise ValueError(f"{kind}.load: {str(path)!r} has no tensor {name!r}: it is not a saved {kind}, or it is "
+                         "damaged")
+    value = tensors[name]
+    if shape is not None and tuple(value.shape[: len(shape)]) != tuple(shape):
+        raise ValueError(f"{kind}.load: tensor {name!r} of {str(path)!r} has shape {tuple(value.shape)}, its "
+                         f"metadata says {tuple(shape)}: the file is corrupt")
+    return value
+
+
+# ----------------------------------------------------------------------------- the result
+
+
 class Activations:
-    """Captured activations: `acts["resid"]` is [layers, seq, hidden] (float32, CPU) in the
-    order of `acts.layers`; `acts.get(site, layer)` is [seq, hidden]."""
+    """Captured activations: `acts["resid"]` is [layers, positions, hidden] (float32, CPU), layers
+    in the order of `acts.layers` (the order asked), row p = position p (`acts.positions`: a
+    Trace's prompt tokens first, then its generated tokens); `acts.get(site, layer)` is
+    [positions, hidden]; `acts.prompt_length` is the position of the first generated token."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], layers: list[int], token_texts: list[str],
                  model_name: str = "", generation_start: int = 0):
@@ -72,19 +161,31 @@ class Activations:
     def sites(self) -> tuple[str, ...]:
         return tuple(self.tensors)
 
+    @property
+    def positions(self) -> list[int]:
+        return list(range(len(self.token_texts)))
+
+    @property
+    def prompt_length(self) -> int:
+        return self.generation_start
+
     def __getitem__(self, site: str) -> torch.Tensor:
         if site not in self.tensors:
-            raise KeyError(f"site {site!r} was not captured: captured {', '.join(self.tensors)}")
+            known = f"sites are {', '.join(SITES)}; " if site not in SITES else ""
+            raise ValueError(f"site {site!r} was not captured: {known}captured here: {', '.join(self.tensors)}")
         return self.tensors[site]
 
     def get(self, site: str, layer: int) -> torch.Tensor:
+        tensor = self[site]
+        layer = check_int("layer", layer)
         if layer not in self.layers:
-            raise KeyError(f"layer {layer} was not captured: captured layers {self.layers}")
-        return self[site][self.layers.index(layer)]
+            raise ValueError(f"layer={layer} was not captured: captured layers {self.layers} (counted from 0)")
+        return tensor[self.layers.index(layer)]
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.tensors.items())
-        return f"Activations({len(self.token_texts)} tokens, layers {self.layers}, {shapes})"
+        return (f"Activations({len(self.token_texts)} positions (generation from {self.generation_start}), "
+                f"layers {self.layers}, {shapes}, model {self.model_name!r})")
 
     def to_frame(self) -> pd.DataFrame:
         """L2 norm per (site, layer, position)."""
@@ -93,23 +194,25 @@ class Activations:
             norms = tensor.norm(dim=-1)
             for li, layer in enumerate(self.layers):
                 for pos, value in enumerate(norms[li].tolist()):
-                    rows.append((site, layer, pos, self.token_texts[pos], value))
-        return pd.DataFrame(rows, columns=["site", "layer", "position", "token", "norm"])
+                    rows.append((site, layer, pos, self.token_texts[pos], pos >= self.generation_start, value))
+        return pd.DataFrame(rows, columns=["site", "layer", "position", "token", "generated", "norm"])
 
-    def plot(self, site: str = "resid") -> go.Figure:
-        """Norm of a site's activation by layer x position."""
+    def plot(self, site: str = "resid", start: int | None = None, end: int | None = None) -> go.Figure:
+        """Norm of a site's activation by layer x position, for positions [start, end)."""
         norms = self[site].norm(dim=-1)
-        fig = go.Figure(go.Heatmap(z=norms.tolist(), y=[f"L{layer}" for layer in self.layers],
-                                   customdata=[self.token_texts] * len(self.layers), colorscale="Viridis",
+        start, end = check_window(start, end, len(self.token_texts))
+        cols = list(range(start, end))
+        fig = go.Figure(go.Heatmap(z=norms[:, start:end].tolist(), x=cols, y=[f"L{layer}" for layer in self.layers],
+                                   customdata=[self.token_texts[start:end]] * len(self.layers), colorscale="Viridis",
                                    hovertemplate="%{y} pos %{x} %{customdata!r}<br>norm %{z:.2f}<extra></extra>"))
-        fig.update_xaxes(title_text="token position")
+        fig.update_xaxes(title_text="position")
         return base_layout(fig, f"{site} norm by layer and position", height=120 + 30 * len(self.layers))
 
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: tensors `{site}` and metadata (layers, tokens, model)."""
+        """One safetensors file: a tensor per site and JSON metadata (layers, tokens, model)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"layers": json.dumps(self.layers), "sites": json.dumps(list(self.tensors)),
+        meta = {"kind": "Activations", "layers": json.dumps(self.layers), "sites": json.dumps(list(self.tensors)),
                 "token_texts": json.dumps(self.token_texts),
                 "model_name": self.model_name, "generation_start": str(self.generation_start)}
         save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(path), metadata=meta)
@@ -117,28 +220,42 @@ class Activations:
 
     @classmethod
     def load(cls, path: str | Path) -> Activations:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if "layers" not in meta:
-                raise ValueError(f"{path} is not a saved Activations file (no 'layers' metadata)")
-            order = json.loads(meta.get("sites", "[]")) or list(f.keys())
-            tensors = {k: f.get_tensor(k) for k in order}
-        return cls(tensors, json.loads(meta["layers"]), json.loads(meta["token_texts"]), meta.get("model_name", ""),
-                   int(meta.get("generation_start", 0)))
+        tensors, meta, path = read_saved(path, "Activations")
+        layers = meta_field(meta, "layers", path, "Activations")
+        texts = meta_field(meta, "token_texts", path, "Activations")
+        order = meta_field(meta, "sites", path, "Activations")
+        start = meta_field(meta, "generation_start", path, "Activations", parse=int, default=0)
+        shape = (len(layers), len(texts))
+        kept = {site: tensor_field(tensors, site, path, "Activations", shape) for site in order}
+        return cls(kept, layers, texts, meta.get("model_name", ""), start)
 
 
-def capture(lab, text_or_trace, sites=SITES, layers=None, chunk_size: int | None = None) -> Activations:
-    """Activations at `sites` for `layers` (None: all) over a text or a Trace.
+# ----------------------------------------------------------------------------- the probe
+
+
+def capture(lab, text_or_trace, sites=SITES, layers=None, chunk_size: int | None = None
+            ) -> Activations | list[Activations]:
+    """Activations at `sites` for `layers` (None: all; any order, each once) over a text or a Trace;
+    a list of them gives a list of Activations.
 
     chunk_size: run the input in chunks of this many tokens with a KV cache (same values, less
     peak memory for long traces); None runs it in one pass.
     """
     sites = check_sites(sites)
     layers = check_layers(lab, layers)
-    encoded: Encoded = encode(lab, text_or_trace)
-    parts: dict[str, list[list[torch.Tensor]]] = {site: [[] for _ in layers] for site in sites}
+    chunk_size = check_chunk_size(chunk_size)
+    inputs, single = as_batch(text_or_trace)
+    if not lab.remote:
+        lab._need_weights("capture")
+    encoded = [encode(lab, item) for item in inputs]  # every input checked before any forward pass
+    results = [_capture_one(lab, enc, sites, layers, chunk_size) for enc in encoded]
+    return results[0] if single else results
+
+
+def _capture_one(lab, encoded: Encoded, sites, layers, chunk_size) -> Activations:
+    parts: dict[tuple[str, int], list[torch.Tensor]] = {(site, layer): [] for site in sites for layer in layers}
     for _, chunk in iter_chunks(lab, encoded.ids, sites, layers, chunk_size):
-        for (site, layer), value in chunk.items():
-            parts[site][layers.index(layer)].append(value)
-    tensors = {site: torch.stack([torch.cat(chunks) for chunks in per_layer]) for site, per_layer in parts.items()}
+        for key, value in chunk.items():
+            parts[key].append(value)
+    tensors = {site: torch.stack([torch.cat(parts[(site, layer)]) for layer in layers]) for site in sites}
     return Activations(tensors, layers, encoded.token_texts, lab.name, encoded.generation_start)

@@ -86,12 +86,16 @@ def _rope(x, positions, theta):
     return x * cos + rotated * sin
 
 
-def _reference_mtp_logits(w, cfg, hidden_prenorm, ids):
+def _reference_mtp_logits(w, cfg, hidden_prenorm, ids, zero_first_embedding=False):
+    """FACTS.md's MTP formula in plain tensor maths; zero_first_embedding: vLLM's
+    `inputs_embeds[positions == 0] = 0` (slot t sits at position t, so slot 0's embedding is zero)."""
     p, eps = "model.mtp_layers.0.", cfg["rms_norm_eps"]
     heads, kv_heads, size = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
     head_dim = size // heads
     h = hidden_prenorm[:, :-1]  # h_t
-    e = w["model.embed_tokens.weight"][ids[:, 1:]]  # embed(x_{t+1})
+    e = w["model.embed_tokens.weight"][ids[:, 1:]].clone()  # embed(x_{t+1})
+    if zero_first_embedding:
+        e[:, 0] = 0.0
     x = torch.cat([_rms(h, w[p + "hidden_layernorm.weight"], eps), _rms(e, w[p + "token_layernorm.weight"], eps)], -1)
     x = x @ w[p + "input_proj.weight"].T
     batch, slots, _ = x.shape
@@ -115,41 +119,103 @@ def _reference_mtp_logits(w, cfg, hidden_prenorm, ids):
     return x @ w["lm_head.weight"].T
 
 
-def test_mtp_logits_match_the_formula(mimo_checkpoint):
-    model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
-    cfg = json.loads((mimo_checkpoint / "config.json").read_text())
-    ids = _ids(cfg["vocab_size"], batch=2, seq=10)
+def _last_hidden(model, ids):
     captured = {}
     handle = model.model.layers[-1].register_forward_hook(lambda _m, _a, out: captured.setdefault("h", out))
     with torch.no_grad():
         model.model(ids)
     handle.remove()
+    return captured["h"]
+
+
+@pytest.mark.parametrize("zero_first", [False, True])
+def test_mtp_logits_match_the_formula(mimo_checkpoint, zero_first):
+    model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
+    cfg = json.loads((mimo_checkpoint / "config.json").read_text())
+    ids = _ids(cfg["vocab_size"], batch=2, seq=10)
+    hidden = _last_hidden(model, ids)
     # the hook's output is the last decoder layer's output before the final norm
-    assert not torch.allclose(captured["h"], model.model.norm(captured["h"]))
-    expected = _reference_mtp_logits(_weights(mimo_checkpoint), cfg, captured["h"], ids)
+    assert not torch.allclose(hidden, model.model.norm(hidden))
+    expected = _reference_mtp_logits(_weights(mimo_checkpoint), cfg, hidden, ids, zero_first_embedding=zero_first)
     with torch.no_grad():
-        got = model.mtp_logits(ids)
+        got = model.mtp_logits(ids, zero_first_embedding=zero_first)
     assert got.shape == (2, 9, cfg["vocab_size"])
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
 
 
-def test_mtp_logits_ignore_left_padding(mimo_checkpoint):
+def test_the_two_slot0_conventions_differ_at_every_slot(mimo_checkpoint):
+    model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
+    ids = _ids(model.config.vocab_size, batch=1, seq=10)
+    with torch.no_grad():
+        zeroed = model.mtp_logits(ids, zero_first_embedding=True)
+        unmasked = model.mtp_logits(ids, zero_first_embedding=False)
+    gap = (zeroed - unmasked).abs().amax(-1)[0]  # per slot
+    assert bool((gap > 1e-4).all()), gap  # every slot attends to slot 0
+
+
+def test_zeroed_convention_is_vllms_rule(mimo_checkpoint):
+    """vLLM zeroes slot 0's token embedding: slot 0 then depends on h_0 alone, so changing token 1
+    leaves slot 0's MTP logits unchanged; unmasked, they change."""
+    model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
+    ids = _ids(model.config.vocab_size, batch=1, seq=8)
+    other = ids.clone()
+    other[0, 1] = (ids[0, 1] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        a, b = model.mtp_logits(ids, zero_first_embedding=True), model.mtp_logits(other, zero_first_embedding=True)
+        c, d = model.mtp_logits(ids, zero_first_embedding=False), model.mtp_logits(other, zero_first_embedding=False)
+    torch.testing.assert_close(a[:, 0], b[:, 0], atol=1e-6, rtol=0)
+    assert (c[:, 0] - d[:, 0]).abs().max() > 1e-3
+
+
+def test_the_default_convention_comes_from_the_config(mimo_checkpoint):
+    # MiMo-7B's config.json has no mtp_zero_first_embedding: the serving engines' convention (zeroed)
+    model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
+    assert "mtp_zero_first_embedding" not in json.loads((mimo_checkpoint / "config.json").read_text())
+    assert model.config.mtp_zero_first_embedding is True
+    ids = _ids(model.config.vocab_size, batch=1, seq=9)
+    with torch.no_grad():
+        torch.testing.assert_close(model.mtp_logits(ids), model.mtp_logits(ids, zero_first_embedding=True),
+                                   atol=0, rtol=0)
+        model.config.mtp_zero_first_embedding = False
+        torch.testing.assert_close(model.mtp_logits(ids), model.mtp_logits(ids, zero_first_embedding=False),
+                                   atol=0, rtol=0)
+    from mimo_lab.nano import CHECKPOINT
+
+    nano = MiMoForCausalLM.from_pretrained(CHECKPOINT, dtype=torch.float32)
+    assert nano.config.mtp_zero_first_embedding is False  # MiMo-nano was trained unmasked
+    from mimo_lab.nano.train import TrainSettings, model_config
+
+    assert model_config(TrainSettings(), nano_tokenizer()).mtp_zero_first_embedding is False  # retrains too
+    assert "unmasked" in (CHECKPOINT / "README.md").read_text().split("MTP convention", 1)[1].splitlines()[0]
+
+
+def nano_tokenizer():
+    from transformers import AutoTokenizer
+
+    from mimo_lab.nano import CHECKPOINT
+
+    return AutoTokenizer.from_pretrained(CHECKPOINT)
+
+
+@pytest.mark.parametrize("zero_first", [False, True])
+def test_mtp_logits_ignore_left_padding(mimo_checkpoint, zero_first):
     model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
     ids = _ids(model.config.vocab_size, batch=1, seq=8)
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], dim=1)
     with torch.no_grad():
-        alone = model.mtp_logits(ids)
-        with_pad = model.mtp_logits(padded, attention_mask=mask)[:, 3:]
+        alone = model.mtp_logits(ids, zero_first_embedding=zero_first)
+        with_pad = model.mtp_logits(padded, attention_mask=mask, zero_first_embedding=zero_first)[:, 3:]
     torch.testing.assert_close(with_pad, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_mtp_predictions_agree_with_mtp_logits(mimo_checkpoint):
+@pytest.mark.parametrize("zero_first", [False, True])
+def test_mtp_predictions_agree_with_mtp_logits(mimo_checkpoint, zero_first):
     model = MiMoForCausalLM.from_pretrained(mimo_checkpoint, dtype=torch.float32).eval()
     ids = _ids(model.config.vocab_size, batch=1, seq=9)
     with torch.no_grad():
-        logprobs = model.mtp_logits(ids).log_softmax(-1)
-    pred = model.mtp_predictions(ids, chunk_size=3)  # chunks smaller than the sequence
+        logprobs = model.mtp_logits(ids, zero_first_embedding=zero_first).log_softmax(-1)
+    pred = model.mtp_predictions(ids, chunk_size=3, zero_first_embedding=zero_first)  # chunks < the sequence
     assert torch.equal(pred["top_id"], logprobs.argmax(-1))
     torch.testing.assert_close(pred["top_prob"], logprobs.max(-1).values.exp())
     target = logprobs[0, :-1].gather(-1, ids[0, 2:, None])[:, 0].exp()
@@ -176,3 +242,7 @@ def test_mtp_logits_rejects_bad_shapes(mimo_checkpoint):
         model.mtp_logits(torch.zeros(1, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="MTP layer 3 out of range"):
         model.mtp_logits(torch.zeros(1, 4, dtype=torch.long), layer=3)
+    with pytest.raises(TypeError, match="zero_first_embedding"):
+        model.mtp_logits(torch.zeros(1, 4, dtype=torch.long), zero_first_embedding="yes")
+    with pytest.raises(TypeError, match="zero_first_embedding"):
+        model.mtp_predictions(torch.zeros(1, 4, dtype=torch.long), zero_first_embedding=1)

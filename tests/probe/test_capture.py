@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
+import checkpoint_fixture
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +18,12 @@ TEXT = "What is 128 + 367? <think> I add the numbers column by column. </think> 
 @pytest.fixture(scope="module")
 def lab(mimo_checkpoint):
     return mimo_lab.load(mimo_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory, mimo_checkpoint):
+    """Another model (other random weights) with the same tokenizer, as MiMo-7B-Base is to MiMo-7B-RL."""
+    return mimo_lab.load(checkpoint_fixture.build(tmp_path_factory.mktemp("twin") / "MiMo-tiny-twin", seed=1))
 
 
 def _hooked(lab, ids):
@@ -71,12 +81,81 @@ def test_capture_of_a_trace_uses_prompt_and_generation(lab):
     assert acts.generation_start == trace.prompt_ids.numel()
 
 
-def test_bad_input(lab):
-    with pytest.raises(ValueError, match="unknown site"):
-        lab.capture(TEXT, sites=("residual",))
-    with pytest.raises(ValueError, match="layer 7 out of range: the model has 3 layers"):
-        lab.capture(TEXT, layers=[7])
-    with pytest.raises(ValueError, match="text is empty"):
-        lab.capture("")
-    with pytest.raises(ValueError, match="chunk_size 0"):
-        lab.capture(TEXT, chunk_size=0)
+def test_layers_in_any_order_come_back_in_that_order(lab):
+    ids = lab.tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    reference = _hooked(lab, ids)
+    for layers in ([2, 0], [1, 2, 0], [-1, 0]):
+        acts = lab.capture(TEXT, layers=layers, chunk_size=7)
+        assert acts.layers == [layer % lab.num_layers for layer in layers]
+        for i, layer in enumerate(acts.layers):
+            for site in ("resid", "attn_out", "mlp_out"):
+                torch.testing.assert_close(acts[site][i], reference[(site, layer)], atol=1e-5, rtol=1e-5)
+    assert lab.capture(TEXT, layers=np.int64(1), sites="resid").layers == [1]
+    assert lab.capture(TEXT, layers=np.array([2, 1]), sites="resid").layers == [2, 1]
+
+
+def test_positions_are_those_of_the_whole_sequence(lab):
+    trace = lab.generate("What is 1 + 2?", seed=0, max_new_tokens=8, mtp=False)
+    acts = lab.capture(trace, sites="resid", layers=[0])
+    assert acts.positions == list(range(trace.prompt_length + len(trace)))
+    assert acts.prompt_length == trace.prompt_length
+    full = torch.cat([trace.prompt_ids, trace.token_ids])[None]
+    reference = _hooked(lab, full)
+    for i in range(len(trace)):  # generated token i sits at position prompt_length + i
+        position = trace.prompt_length + i
+        assert acts.token_texts[position] == trace.token_texts[i]
+        torch.testing.assert_close(acts["resid"][0, position], reference[("resid", 0)][position],
+                                   atol=1e-5, rtol=1e-5)
+    frame = acts.to_frame()
+    assert frame["position"].max() == len(acts.positions) - 1
+    assert frame[frame["generated"]]["position"].min() == trace.prompt_length
+
+
+def test_capture_of_a_list_gives_a_list(lab):
+    trace = lab.generate("What is 1 + 2?", seed=0, max_new_tokens=6, mtp=False)
+    several = lab.capture([TEXT, trace], sites="resid", layers=[2, 0])
+    assert isinstance(several, list) and len(several) == 2
+    for one, item in zip(several, [TEXT, trace], strict=True):
+        alone = lab.capture(item, sites="resid", layers=[2, 0])
+        torch.testing.assert_close(one["resid"], alone["resid"], atol=0, rtol=0)
+        assert one.token_texts == alone.token_texts
+
+
+def test_a_trace_from_another_model_with_the_same_tokenizer_is_read_by_this_lab(lab, twin):
+    trace = lab.generate("What is 1 + 2?", seed=0, max_new_tokens=8)
+    assert trace.tokenizer_fingerprint and trace.model_name == lab.name
+    acts = twin.capture(trace, sites="resid", layers=[1])
+    full = torch.cat([trace.prompt_ids, trace.token_ids])[None]
+    torch.testing.assert_close(acts.get("resid", 1), _hooked(twin, full)[("resid", 1)], atol=1e-5, rtol=1e-5)
+    assert acts.model_name == twin.name
+    assert not torch.allclose(acts.get("resid", 1), lab.capture(trace, sites="resid", layers=[1]).get("resid", 1))
+
+
+def test_a_trace_with_another_tokenizer_is_refused_naming_both(lab, nano):
+    trace = nano.generate("What is 1 + 2?", max_new_tokens=6)
+    with pytest.raises(ValueError, match="tokenizer") as info:
+        lab.capture(trace)
+    assert nano.name in str(info.value) and lab.name in str(info.value)
+    # an older Trace without a fingerprint: its token ids are decoded with this lab's tokenizer
+    trace.tokenizer_fingerprint = ""
+    with pytest.raises(ValueError, match="another tokenizer") as info:
+        lab.capture(trace)
+    assert nano.name in str(info.value) and lab.name in str(info.value)
+    assert nano.capture(trace, sites="resid", layers=0)["resid"].shape[1] == trace.prompt_length + len(trace)
+
+
+def test_save_load_round_trip_keeps_order_and_positions(lab, tmp_path):
+    acts = lab.capture("What is 1 + 2?", sites=("mlp_out", "resid"), layers=[2, 0])
+    acts.save(tmp_path / "a.safetensors")
+    again = Activations.load(tmp_path / "a.safetensors")
+    assert again.layers == [2, 0] and again.sites == ("mlp_out", "resid") and again.positions == acts.positions
+    assert torch.equal(again.get("resid", 2), acts.get("resid", 2))
+    shutil.copy(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert Activations.load(tmp_path / "b.safetensors").model_name == lab.name
+
+
+def test_plot_window_labels_are_positions(lab):
+    acts = lab.capture(TEXT, sites="resid", layers=[0, 1])
+    fig = acts.plot("resid", 3, 9)
+    assert list(fig.data[0].x) == list(range(3, 9))
+    torch.testing.assert_close(torch.tensor(fig.data[0].z), acts["resid"][:, 3:9].norm(dim=-1))
