@@ -1,17 +1,20 @@
 """Failure taxonomy: every graded sample gets exactly one category, by these rules, in order.
 
 1. `grader_error`: the grader raised (math-verify / sympy failure or timeout); see `grader_error` text.
-2. `correct`: the extracted answer is equivalent to the reference.
+2. `correct`: the extracted answer is equivalent to the reference, and the think block (if any) was
+   closed: a trace cut off inside its thinking has no answer, so it is never correct.
 3. `repetition_loop`: the generation ends in a block of tokens repeated back to back (period 1–512
    tokens, covering >= 32 tokens) at least 3 times if it was cut by the token limit, or at least 6
    times otherwise. Evidence: the repeated span, its period in tokens and the repeat count.
-4. `truncated_in_thinking`: cut by the token limit before `</think>`.
+4. `truncated_in_thinking`: cut by the token limit before `</think>` (whether the model wrote
+   `<think>` or the chat template opened it).
 5. `truncated_after_thinking`: cut by the token limit after `</think>`, in the answer.
-6. `no_answer`: finished, but nothing that looks like an answer (no \\boxed{}, "the answer is",
+6. `format_error`: finished, but the think block was never closed.
+7. `no_answer`: finished, but nothing that looks like an answer (no \\boxed{}, "the answer is",
    "####", or number) after the thinking.
-7. `format_error`: finished, but the think block was never closed, or the answer was only found
-   by the last-number fallback (no \\boxed{} / "the answer is" / "####") and is wrong.
-8. `wrong_answer`: a properly given answer that is not equivalent to the reference.
+8. `format_error`: the answer was only found by the last-number fallback (no \\boxed{} / "the
+   answer is" / "####") and is wrong.
+9. `wrong_answer`: a properly given answer that is not equivalent to the reference.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def classify(*, correct: bool, extracted: str | None, rule: str | None, finish_r
     """(category, evidence) for one sample, by the rules of this module."""
     if grader_error:
         return "grader_error", {"error": grader_error}
-    if correct:
+    unclosed = uses_think_tags and not closed_thinking
+    if correct and not unclosed:
         return "correct", {}
     loop = find_tail_loop(token_ids)
     if loop is not None and loop.repeats >= (3 if finish_reason == "length" else 6):
@@ -64,13 +68,11 @@ def classify(*, correct: bool, extracted: str | None, rule: str | None, finish_r
             evidence["span"] = "".join(token_texts[loop.start : loop.start + loop.period])
         return "repetition_loop", evidence
     if finish_reason == "length":
-        if uses_think_tags and not closed_thinking:
-            return "truncated_in_thinking", {}
-        return "truncated_after_thinking", {}
+        return ("truncated_in_thinking" if unclosed else "truncated_after_thinking"), {}
+    if unclosed:
+        return "format_error", {"reason": "the think block was never closed"}
     if extracted is None:
         return "no_answer", {}
-    if uses_think_tags and not closed_thinking:
-        return "format_error", {"reason": "the think block was never closed"}
     if rule == "last_number":
         return "format_error", {"reason": "no \\boxed{} or 'the answer is'; only a bare number was found"}
     return "wrong_answer", {}
