@@ -27,7 +27,14 @@ def _majority_correct(group: pd.DataFrame) -> float:
 
 
 def per_problem(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per problem: n samples, c correct, accuracy, pass@n, maj@n."""
+    """One row per problem: n samples, c correct, accuracy, pass@n, maj@n (no rows for no samples)."""
+    columns = ["n", "c", "accuracy", "pass_at_n", "maj_at_n"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="problem_id"))
+    missing = {"problem_id", "correct", "extracted_answer"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"per_problem: the frame has no column(s) {sorted(missing)}; it needs problem_id, correct, "
+                         "extracted_answer")
     frame = frame.assign(normalized_answer=frame["extracted_answer"].fillna("").astype(str).str.strip())
     rows = []
     for pid, group in frame.groupby("problem_id", sort=False):
