@@ -18,6 +18,8 @@ _ANSWER_IS = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:ï
 
 def all_boxed(text: str) -> list[str]:
     """Contents of every `\\boxed{...}` / `\\fbox{...}` with balanced braces, in order; empty ones left out."""
+    if not isinstance(text, str):
+        raise TypeError(f"text={text!r} ({type(text).__name__}) is not accepted: a string is")
     found = []
     for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, i = 1, match.end()
@@ -38,6 +40,8 @@ def last_boxed(text: str) -> str | None:
 
 def extract_answer(text: str) -> tuple[str | None, str | None]:
     """(answer, rule) from an answer text; (None, None) when nothing looks like an answer."""
+    if not isinstance(text, str):
+        raise TypeError(f"text={text!r} ({type(text).__name__}) is not accepted: a string is")
     if not text:
         return None, None
     boxed = last_boxed(text)

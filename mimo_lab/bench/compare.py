@@ -8,11 +8,13 @@ from math import comb
 import pandas as pd
 import plotly.graph_objects as go
 
+from mimo_lab.checks import check_int
 from mimo_lab.viz.style import base_layout
 
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value for b and c discordant pairs (binomial, p = 1/2)."""
+    b, c = check_int("b", b, minimum=0), check_int("c", c, minimum=0)
     n = b + c
     if n == 0:
         return 1.0

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mimo_lab.checks import check_bool, check_choice, check_int, check_str
+
 CATEGORIES = ("correct", "wrong_answer", "no_answer", "truncated_in_thinking", "truncated_after_thinking",
               "format_error", "repetition_loop", "grader_error")
+FINISH_REASONS = ("stop", "length", "stopped")  # Trace.finish_reason
 MIN_LOOP_TOKENS = 32
 MAX_PERIOD = 512
 
@@ -38,6 +41,8 @@ class Loop:
 
 def find_tail_loop(token_ids, max_period: int = MAX_PERIOD, min_tokens: int = MIN_LOOP_TOKENS) -> Loop | None:
     """The longest-covering periodic tail of a token sequence, or None."""
+    check_int("max_period", max_period, minimum=1)
+    check_int("min_tokens", min_tokens, minimum=1)
     ids = torch.as_tensor(token_ids)
     n = ids.numel()
     best: Loop | None = None
@@ -56,6 +61,12 @@ def find_tail_loop(token_ids, max_period: int = MAX_PERIOD, min_tokens: int = MI
 def classify(*, correct: bool, extracted: str | None, rule: str | None, finish_reason: str, closed_thinking: bool,
              uses_think_tags: bool, token_ids, grader_error: str | None = None, token_texts=None) -> tuple[str, dict]:
     """(category, evidence) for one sample, by the rules of this module."""
+    check_bool("correct", correct)
+    check_bool("closed_thinking", closed_thinking)
+    check_bool("uses_think_tags", uses_think_tags)
+    check_choice("finish_reason", finish_reason, FINISH_REASONS)
+    check_str("extracted", extracted, none_ok=True, empty_ok=True)
+    check_str("rule", rule, none_ok=True)
     if grader_error:
         return "grader_error", {"error": grader_error}
     unclosed = uses_think_tags and not closed_thinking

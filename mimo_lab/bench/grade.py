@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 
 from mimo_lab.answer import all_boxed, extract_answer
-from mimo_lab.bench.suites import BenchProblem
+from mimo_lab.bench.suites import ANSWER_TYPES, BenchProblem
+from mimo_lab.checks import check_choice, check_int, check_str
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,17 @@ def _math_verify(answer: str, reference: str, timeout: int) -> bool:
 
 
 def equivalent(answer: str, reference: str, answer_type: str = "math", timeout: int = 5) -> bool:
-    """Whether `answer` means the same as `reference` (raises on grader failure)."""
+    """Whether `answer` means the same as `reference` (raises on grader failure); timeout in seconds."""
+    check_str("answer", answer, empty_ok=True)
+    check_str("reference", reference)
+    check_choice("answer_type", answer_type, ANSWER_TYPES)
+    check_int("timeout", timeout, minimum=1)
     if answer_type == "exact":
         return _normalise(answer) == _normalise(reference)
     if answer_type == "ordered_list":
         return _items(answer) == _items(reference)
     if answer_type != "math":
-        raise ValueError(f"unknown answer_type {answer_type!r}: use math, ordered_list or exact")
+        raise AssertionError(answer_type)  # checked above
     if _normalise(answer) == _normalise(reference):
         return True
     if _math_verify(answer, reference, timeout):
@@ -163,6 +168,10 @@ def equivalent(answer: str, reference: str, answer_type: str = "math", timeout: 
 
 def grade(answer_text: str, problem: BenchProblem, timeout: int = 5) -> Grade:
     """Extract the final answer from the text after </think> and compare it with the reference."""
+    check_str("answer_text", answer_text, empty_ok=True)
+    if not isinstance(problem, BenchProblem):
+        raise TypeError(f"problem={problem!r} ({type(problem).__name__}) is not accepted: a BenchProblem is")
+    check_int("timeout", timeout, minimum=1)
     extracted, rule = extract_answer(answer_text)
     if extracted is None:
         return Grade(None, None, False)

@@ -14,9 +14,10 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimo_lab.checks import check_choice, check_int, check_seed
+from mimo_lab.checks import check_choice, check_int, check_seed, check_str
 from mimo_lab.nano import tasks
 
+ANSWER_TYPES = ("math", "ordered_list", "exact")
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -31,6 +32,16 @@ class BenchProblem:
     meta: dict = field(default_factory=dict)
     answer_type: str = "math"
 
+    def __post_init__(self):
+        check_str("id", self.id)
+        check_str("question", self.question)
+        check_str("answer", self.answer)
+        if not self.answer.strip():
+            raise ValueError(f"answer={self.answer!r} of problem {self.id!r} is blank: a reference answer is needed")
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"meta={self.meta!r} ({type(self.meta).__name__}) is not accepted: a dict is")
+        check_choice("answer_type", self.answer_type, ANSWER_TYPES)
+
 
 @dataclass
 class Suite:
@@ -39,6 +50,12 @@ class Suite:
     name: str
     problems: list[BenchProblem]
     instruction: str | None = None  # appended to every question on a new line
+
+    def __post_init__(self):
+        check_str("name", self.name)
+        if not isinstance(self.problems, list) or not all(isinstance(p, BenchProblem) for p in self.problems):
+            raise TypeError(f"problems of suite {self.name!r} must be a list of BenchProblem")
+        check_str("instruction", self.instruction, none_ok=True, empty_ok=True)
 
     def prompt(self, problem: BenchProblem) -> str:
         return problem.question if not self.instruction else f"{problem.question}\n{self.instruction}"

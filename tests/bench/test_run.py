@@ -129,8 +129,6 @@ with open(path, "a") as f:
 
 
 def test_live_reader_never_changes_the_file_and_kill_9_loses_no_flushed_record(tmp_path):
-    from mimo_lab.bench.run import repair_torn_tail
-
     path, n = tmp_path / "samples.jsonl", 4
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(n)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
@@ -150,6 +148,8 @@ def test_live_reader_never_changes_the_file_and_kill_9_loses_no_flushed_record(t
     expected = [{"problem_id": f"p{i}", "sample_index": 0, "pad": "x" * 40} for i in range(n)]
     assert read_samples(path) == expected
     assert path.read_bytes().endswith(b'{"problem_id": "torn", "sam')  # still there: only a writer repairs
+    from mimo_lab.bench.run import repair_torn_tail
+
     assert repair_torn_tail(path) and path.read_bytes().endswith(b"\n") and read_samples(path) == expected
     assert not repair_torn_tail(path)  # nothing left to repair
 
