@@ -87,7 +87,8 @@ class Run:
             return frame
         for column in ("meta", "sampling"):
             if column in frame:
-                flat = pd.json_normalize(frame[column].tolist()).add_prefix(f"{column}.")
+                values = [v if isinstance(v, dict) else {} for v in frame[column]]
+                flat = pd.json_normalize(values).add_prefix(f"{column}.")
                 frame = pd.concat([frame.drop(columns=[column]), flat.set_index(frame.index)], axis=1)
         return frame
 
