@@ -241,6 +241,8 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
         with another selection is refused.
     Started again with the same `out`, it resumes: nothing finished is lost, duplicated or redone.
     """
+    if not all(hasattr(lab, attr) for attr in ("_sampling", "generate", "name", "card")):
+        raise TypeError(f"lab={type(lab).__name__} is not accepted: a Lab (mimo_lab.load(...)) is")
     check_choice("backend", backend, BACKENDS)
     samples = check_int("samples", samples, minimum=1)
     seed = check_seed("seed", seed, none_ok=False)

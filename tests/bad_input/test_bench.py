@@ -86,6 +86,12 @@ def test_run_refuses_bad_suites(nano, tmp_path, suite, error, match):
     assert not (tmp_path / "out").exists()
 
 
+def test_run_refuses_what_is_not_a_lab(suite_file, tmp_path):
+    with pytest.raises(TypeError, match="lab=str"):
+        run("XiaomiMiMo/MiMo-7B-RL", str(suite_file), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_refuses_a_suite_with_duplicate_ids(nano, tmp_path):
     suite = Suite("dups", [PROBLEM, BenchProblem("p1", "again?", "3")])
     with pytest.raises(ValueError, match="duplicate problem id.*'p1'"):
