@@ -278,7 +278,9 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     _check_resume(folder, settings)
     folder.mkdir(parents=True, exist_ok=True)
     settings["save_traces"] = save_traces
-    (folder / "run.json").write_text(json.dumps(settings, indent=1))
+    tmp = folder / "run.json.tmp"  # atomically: a reader never sees a half-written run.json
+    tmp.write_text(json.dumps(settings, indent=1))
+    tmp.replace(folder / "run.json")
     samples_path = folder / "samples.jsonl"
     repair_torn_tail(samples_path)  # the writer, and only the writer, drops a line a kill cut short
     done = {(r["problem_id"], r["sample_index"]) for r in read_samples(samples_path)}
