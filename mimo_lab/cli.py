@@ -61,15 +61,17 @@ def _bench(args: argparse.Namespace) -> int:
     import json
 
     import mimo_lab
-    from mimo_lab.bench import run
+    from mimo_lab.bench import load_suite, run
 
+    # the suite first: a bad file is reported in one line before the model is loaded
+    suite = load_suite(args.suite, limit=args.limit, select=args.select)
     sampling = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                                   "max_new_tokens": args.max_new_tokens}.items() if v is not None}
     if args.greedy:
         sampling["greedy"] = True
     lab = mimo_lab.load(args.model, device=args.device, weights=args.backend != "vllm")
-    result = run(lab, args.suite, samples=args.samples, out=args.out, seed=args.seed, batch_size=args.batch_size,
-                 limit=args.limit, backend=args.backend, **sampling)
+    result = run(lab, suite, samples=args.samples, out=args.out, seed=args.seed, batch_size=args.batch_size,
+                 limit=args.limit, select=args.select, backend=args.backend, **sampling)
     summary = {k: v for k, v in result.summary.items() if k != "settings"}
     print(json.dumps(summary, indent=1))
     print(f"samples: {result.folder / 'samples.jsonl'}\nsummary: {result.folder / 'summary.json'}")
@@ -91,8 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default=None, help="hub id or folder (default: MiMo-nano, also 'nano')")
     bench.add_argument("--suite", default="nano", help="nano, math500, aime24, aime25, gsm8k, or a .jsonl/.csv/"
                                                        ".parquet file in one of their schemas (default: nano)")
-    bench.add_argument("--limit", type=int, default=None, help="first N problems only")
-    bench.add_argument("--samples", type=int, default=1, help="samples per problem (default 1)")
+    bench.add_argument("--limit", type=int, default=None,
+                       help="N problems only, chosen by --select (default: all)")
+    bench.add_argument("--select", default="stratified", choices=["stratified", "head"],
+                       help="with --limit: 'stratified' (default) takes problems round-robin over family x level, "
+                            "seeded; 'head' the first N in file order")
+    bench.add_argument("--samples", type=int, default=1,
+                       help="samples per problem (default 1: the model card's default decoding; more than 1: its "
+                            "recommended sampling, unless --greedy or settings are given)")
     bench.add_argument("--out", required=True, help="run folder: samples.jsonl, summary.json, traces/")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--batch-size", type=int, default=16)

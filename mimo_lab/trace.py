@@ -91,7 +91,8 @@ class Trace:
             # Templates that open the turn with <think> (R1-distill) leave only the closing tag.
             close_at = self.text.find(self.think_end)
             if close_at < 0:
-                return None
+                # thinking still open at the end (cut off) if the template opened it; no think block otherwise
+                return (0, len(self.text), len(self.text)) if self.opened_thinking else None
             return 0, close_at, close_at + len(self.think_end)
         begin = open_at + len(self.think_start)
         close_at = self.text.find(self.think_end, begin)
@@ -107,7 +108,11 @@ class Trace:
 
     @property
     def answer(self) -> str:
-        """The text after </think> (all of the text for a model without think tags)."""
+        """The text after </think> (all of the text for a model without think tags); "" when the
+        thinking never closed (cut off inside it), whether the model wrote <think> or the template
+        opened it: an unfinished thought is no answer (the lighteval convention)."""
+        if not self.closed_thinking:
+            return ""
         bounds = self._think_bounds()
         return self.text.strip() if bounds is None else self.text[bounds[2] :].strip()
 
@@ -136,7 +141,8 @@ class Trace:
 
     @property
     def final_answer(self) -> str | None:
-        """The extracted answer: last \\boxed{}, "the answer is ...", or the last number."""
+        """The extracted answer from `answer`: last \\boxed{}, "the answer is ...", or the last number;
+        None when there is none (and always when the thinking never closed)."""
         return extract_answer(self.answer)[0]
 
     @property

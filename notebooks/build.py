@@ -238,15 +238,18 @@ suppressed.plot()
 
 Run a suite (every sample graded and appended to `samples.jsonl` as it finishes; re-running resumes), then
 look at accuracy by difficulty, the failure classes (wrong answer, truncated in/after thinking, repetition loop,
-format error, no answer, grader error), lengths, and open any sample's trace.
+format error, no answer, grader error), lengths, and open any sample's trace. A sample cut off inside its
+thinking has no answer, so it is never graded correct. Reading a run never changes its files, so this notebook
+can read a run that `mimo-lab bench` is still writing.
 
 {PARAMS_NOTE} For MATH-500 or AIME set `SUITE = "math500"` (through `datasets`) or a local file.
 """),
         code("""
 MODEL = None            # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
 SUITE = "nano"          # nano, math500, aime24, aime25, gsm8k, or a .jsonl/.csv/.parquet path
-LIMIT = None            # first N problems
-SAMPLES = 2             # samples per problem
+LIMIT = None            # N problems only (None: all)
+SELECT = "stratified"   # with LIMIT: round-robin over family x level, seeded; "head": the first N in file order
+SAMPLES = 2             # samples per problem (1: the card's default decoding; more: its recommended sampling)
 MAX_NEW_TOKENS = None   # None: the model card's
 OUT = None              # a folder to keep the run in (None: a temporary one)
 """, tags=["parameters"]),
@@ -260,8 +263,12 @@ lab = mimo_lab.load(MODEL)
 suite = bench.nano_suite(per_cell=4) if SUITE == "nano" else bench.load_suite(SUITE)
 out = OUT or tempfile.mkdtemp(prefix="mimo-bench-")
 sampling = {} if MAX_NEW_TOKENS is None else {"max_new_tokens": MAX_NEW_TOKENS}
-result = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, out=out, **sampling)
+result = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, select=SELECT, out=out, **sampling)
 result
+"""),
+        md("What the run used is recorded with it (and with every sample): the decoding, the problem selection."),
+        code("""
+{k: result.settings[k] for k in ("decoding", "sampling", "selection", "problems")}
 """),
         code("""
 summary = result.summary
@@ -287,8 +294,8 @@ if len(failures):
 """),
         md("## Comparing two settings\nThe same suite with greedy decoding: which problems flip, is the difference significant (McNemar), and how do failure classes move?"),
         code("""
-greedy = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, out=tempfile.mkdtemp(prefix="mimo-bench-greedy-"),
-                   greedy=True, **sampling)
+greedy = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, select=SELECT,
+                   out=tempfile.mkdtemp(prefix="mimo-bench-greedy-"), greedy=True, **sampling)
 comparison = bench.compare_runs(result, greedy)
 display(comparison.summary())
 comparison.plot()

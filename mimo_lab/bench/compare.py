@@ -8,11 +8,13 @@ from math import comb
 import pandas as pd
 import plotly.graph_objects as go
 
+from mimo_lab.checks import check_int
 from mimo_lab.viz.style import base_layout
 
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value for b and c discordant pairs (binomial, p = 1/2)."""
+    b, c = check_int("b", b, minimum=0), check_int("c", c, minimum=0)
     n = b + c
     if n == 0:
         return 1.0
@@ -65,9 +67,28 @@ class RunComparison:
                                          f"{s['a_only']} right only in a, {s['b_only']} only in b)", height=420)
 
 
+def _as_run(name: str, value):
+    from pathlib import Path
+
+    from mimo_lab.bench.run import Run
+
+    if isinstance(value, Run):
+        return value
+    if isinstance(value, str | Path):
+        if not (Path(value) / "run.json").is_file():
+            raise FileNotFoundError(f"{name}={str(value)!r} is not a benchmark run folder (no run.json in it): give a "
+                                    "Run or the --out folder of a bench run")
+        return Run(value)
+    raise TypeError(f"{name}={value!r} ({type(value).__name__}) is not accepted: a bench Run or a run folder path is")
+
+
 def compare_runs(a, b) -> RunComparison:
-    """Pair the samples of two runs by (problem_id, sample_index)."""
+    """Pair the samples of two runs (Runs or run folders) by (problem_id, sample_index)."""
+    a, b = _as_run("a", a), _as_run("b", b)
     fa, fb = a.frame, b.frame
+    for name, run, frame in (("a", a, fa), ("b", b, fb)):
+        if frame.empty:
+            raise ValueError(f"run {name} ({run.folder}) has no graded samples yet: nothing to compare")
     keys = ["problem_id", "sample_index"]
     cols = keys + ["correct", "category", "num_tokens"]
     pairs = fa[cols].merge(fb[cols], on=keys, suffixes=("_a", "_b"))

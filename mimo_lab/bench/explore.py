@@ -19,8 +19,16 @@ class Explorer:
     """`frame`: one row per sample (category, answers, tokens, metadata columns `meta.*`)."""
 
     def __init__(self, run):
+        from mimo_lab.bench.run import Run
+
+        if not isinstance(run, Run):
+            raise TypeError(f"run={run!r} ({type(run).__name__}) is not accepted: a bench Run (bench.run(...) or "
+                            "bench.Run(folder)) is")
         self.run = run
         self.frame = run.frame
+        if self.frame.empty:
+            raise ValueError(f"run {str(run.folder)!r} has no graded samples yet ({run.folder / 'samples.jsonl'} is "
+                             "missing or empty): nothing to explore until bench.run has written some")
 
     def __repr__(self) -> str:
         return f"Explorer({len(self.frame)} samples; {self.frame['category'].value_counts().to_dict()})"
@@ -82,6 +90,7 @@ class Explorer:
         return base_layout(fig, "length of correct and wrong samples", height=320)
 
     def trace(self, problem_id: str, sample_index: int = 0):
+        """The sample's Trace (FileNotFoundError if the run saved none for it)."""
         return self.run.trace(problem_id, sample_index)
 
     def trace_view(self, problem_id: str, sample_index: int = 0, color_by: str = "entropy"):

@@ -1,6 +1,11 @@
 """The resumable benchmark runner: every graded sample is appended to `DIR/samples.jsonl` and
 flushed to disk as soon as it is done; a run started again with the same `DIR` skips what is
-there (a line cut short by a kill is dropped and redone), and refuses different settings.
+there (a last line cut short by a kill is dropped and redone), and refuses different settings.
+
+Reading a run never changes it: `read_samples` skips a line that does not parse (and warns, naming
+the file and line), keeps every record after it, and ignores a last line still being written. Only
+the writer, when it resumes, repairs the file, and only a torn last line (one without a newline):
+it writes the complete lines to a new file, fsyncs it and renames it over the old one.
 
 Files in DIR: `run.json` (settings), `samples.jsonl` (one graded sample per line),
 `traces/<problem>__<k>/` (each sample's Trace), `summary.json` (metrics, rewritten at the end).
@@ -13,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +27,8 @@ from tqdm.auto import tqdm
 from mimo_lab.bench.failures import classify
 from mimo_lab.bench.grade import grade
 from mimo_lab.bench.metrics import per_problem, summarize
-from mimo_lab.bench.suites import Suite, load_suite
+from mimo_lab.bench.suites import SELECTIONS, Suite, load_suite
+from mimo_lab.checks import check_bool, check_choice, check_int, check_seed, check_str
 from mimo_lab.trace import Trace
 
 BACKENDS = ("transformers", "vllm")
@@ -37,14 +44,32 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120]
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} ({what}) is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") \
+            from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} ({what}) holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
 class Run:
-    """A benchmark run on disk: `frame` (one row per graded sample), `summary`, `trace(...)`."""
+    """A benchmark run on disk: `frame` (one row per graded sample), `summary`, `trace(...)`.
+
+    Reading a run (records, frame, summary, explore) never changes its files."""
 
     def __init__(self, folder: str | Path):
+        if not isinstance(folder, str | Path):
+            raise TypeError(f"folder={folder!r} ({type(folder).__name__}) is not accepted: a run folder path is")
         self.folder = Path(folder)
         if not (self.folder / "run.json").is_file():
             raise FileNotFoundError(f"{self.folder} holds no benchmark run (no run.json)")
-        self.settings = json.loads((self.folder / "run.json").read_text())
+        self.settings = _read_json(self.folder / "run.json", "the run's settings")
+        for key in ("model", "suite", "samples"):
+            if key not in self.settings:
+                raise ValueError(f"{self.folder / 'run.json'} has no {key!r} field: not a run written by bench.run")
 
     def __repr__(self) -> str:
         s = self.summary
@@ -60,99 +85,204 @@ class Run:
         frame = pd.DataFrame(self.records)
         if frame.empty:
             return frame
-        meta = pd.json_normalize(frame["meta"]).add_prefix("meta.") if "meta" in frame else None
-        return pd.concat([frame.drop(columns=["meta"]), meta], axis=1) if meta is not None else frame
+        for column in ("meta", "sampling"):
+            if column in frame:
+                values = [v if isinstance(v, dict) else {} for v in frame[column]]
+                flat = pd.json_normalize(values).add_prefix(f"{column}.")
+                frame = pd.concat([frame.drop(columns=[column]), flat.set_index(frame.index)], axis=1)
+        return frame
 
     @property
     def summary(self) -> dict:
         path = self.folder / "summary.json"
         if path.is_file():
-            return json.loads(path.read_text())
-        return summarize(pd.DataFrame(self.records), self.settings["samples"]) if self.records else {}
+            return _read_json(path, "the run's summary")
+        records = self.records
+        return summarize(pd.DataFrame(records), self.settings["samples"]) if records else {}
 
     def per_problem(self) -> pd.DataFrame:
+        """One row per problem (n, c, accuracy, pass_at_n, maj_at_n); empty for a run with no samples yet."""
         return per_problem(pd.DataFrame(self.records))
 
     def trace(self, problem_id: str, sample_index: int = 0) -> Trace:
         """The Trace of one sample (saved by the run)."""
+        check_str("problem_id", problem_id)
+        check_int("sample_index", sample_index, minimum=0)
         folder = self.folder / "traces" / f"{_safe(problem_id)}__{sample_index}"
         if not folder.is_dir():
-            raise KeyError(f"no saved trace for problem {problem_id!r} sample {sample_index} in {self.folder}")
+            why = "the run was made with save_traces=False, or" if self.settings.get("save_traces") is False else \
+                "no such problem or sample, or it was"
+            raise FileNotFoundError(f"no saved trace for problem_id={problem_id!r} sample_index={sample_index} in "
+                                    f"{self.folder} ({why} not generated yet): expected {folder}")
         return Trace.load(folder)
 
     def explore(self):
+        """The failure explorer (frames and figures) of this run; refused while it has no samples."""
         from mimo_lab.bench.explore import Explorer
 
         return Explorer(self)
 
 
-def read_samples(path: Path) -> list[dict]:
-    """The complete lines of samples.jsonl; a last line cut short by a kill is dropped (and the file
-    truncated to the last complete line, so appending continues cleanly)."""
-    if not path.is_file():
-        return []
+def _scan(path: Path) -> tuple[list[dict], list[tuple[int, str]], int]:
+    """(records, bad lines as (line number, reason), byte offset after the last complete line)."""
     data = path.read_bytes()
-    records, good_end, start = [], 0, 0
+    records, bad, good_end, start, number = [], [], 0, 0, 0
     while start < len(data):
         end = data.find(b"\n", start)
         if end < 0:
-            break  # no newline: an interrupted write
+            break  # no newline: a line still being written, or cut by a kill
+        number += 1
         line = data[start:end].strip()
         if line:
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                bad.append((number, f"not valid JSON: {err}"))
+            else:
+                if isinstance(record, dict) and {"problem_id", "sample_index"} <= set(record):
+                    records.append(record)
+                else:
+                    bad.append((number, "not a sample record (no problem_id / sample_index)"))
         good_end = start = end + 1
-    if good_end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
+    return records, bad, good_end
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    """The complete records of samples.jsonl, read-only (the file is never changed).
+
+    A line that does not parse is skipped with a warning naming the file and line number, and
+    every record after it is kept; a last line without a newline (being written, or cut by a kill)
+    is left out silently. A missing file has no records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records, bad, _ = _scan(path)
+    for number, reason in bad:
+        warnings.warn(f"{path} line {number} skipped ({reason}); the records after it are kept", stacklevel=2)
     return records
 
 
-def _settings(lab, suite: Suite, samples: int, seed: int, sampling: dict, backend: str) -> dict:
+def repair_torn_tail(path: Path) -> bool:
+    """For the writer resuming a run: drop a torn last line (no newline), atomically (a new file
+    with the complete lines, fsynced, renamed over the old one). Lines in the middle are left as
+    they are. True if the file was repaired."""
+    if not path.is_file():
+        return False
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    keep = data[: data.rfind(b"\n") + 1]
+    tmp = path.with_name(path.name + ".repair.tmp")
+    with tmp.open("wb") as f:
+        f.write(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - platforms without directory fsync
+        pass
+    return True
+
+
+def _settings(lab, suite: Suite, samples: int, seed: int, sampling: dict, backend: str, selection: dict,
+              decoding: str) -> dict:
     ids = [p.id for p in suite.problems]
     return {"model": lab.name, "revision": lab.revision, "suite": suite.name, "problems": len(ids),
             "problem_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(), "samples": samples,
-            "seed": seed, "sampling": sampling, "backend": backend}
+            "seed": seed, "sampling": sampling, "decoding": decoding, "selection": selection, "backend": backend}
+
+
+_NOT_COMPARED = ("decoding",)  # how the settings were arrived at; the resolved settings are compared
 
 
 def _check_resume(folder: Path, settings: dict) -> None:
     path = folder / "run.json"
     if not path.is_file():
         return
-    before = json.loads(path.read_text())
-    changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+    before = _read_json(path, "the run's settings")
+    changed = {k: (before.get(k), v) for k, v in settings.items() if k not in _NOT_COMPARED and before.get(k) != v}
     if changed:
         details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"{folder} holds a run with other settings ({details}). Resume with the same settings, "
                          "or give a new --out")
 
 
-def run(lab, suite: Suite | str, *, samples: int = 1, out: str | Path | None = None, seed: int = 0,
-        batch_size: int = 16, limit: int | None = None, save_traces: bool = True, progress: bool = True,
-        backend: str = "transformers", **sampling) -> Run:
+def _check_ids(suite: Suite) -> None:
+    """Problem ids key the samples and the trace folders: they must be unique, and so must their folder names."""
+    seen: dict[str, str] = {}
+    for p in suite.problems:
+        name = _safe(p.id)
+        if name in seen:
+            other = seen[name]
+            what = "duplicate problem id" if other == p.id else "problem ids with the same trace folder name"
+            raise ValueError(f"suite {suite.name!r} has {what}: {other!r} and {p.id!r} (folder {name!r}); give every "
+                             "problem its own id")
+        seen[name] = p.id
+
+
+def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | None = None, seed: int = 0,
+        batch_size: int = 16, limit: int | None = None, select: str = "stratified", save_traces: bool = True,
+        progress: bool = True, backend: str = "transformers", **sampling) -> Run:
     """Generate `samples` samples per problem, grade and classify each, append each to DIR/samples.jsonl.
 
-    sampling: temperature, top_p, top_k, max_new_tokens, greedy (defaults: the model card's).
+    sampling: temperature, top_p, top_k, max_new_tokens, greedy. Unset ones come from the model
+        card: with samples=1 its default decoding (greedy for MiMo-nano), with samples > 1 its
+        recommended sampling (several greedy samples would all be the same); `greedy=True`
+        overrides. What was used is in run.json / summary.json ("sampling", "decoding") and in
+        every sample record ("sampling").
+    limit, select: at most `limit` problems, "stratified" (round-robin over family x level, seeded
+        shuffle within each; the default) or "head" (the first in file order); recorded, so a resume
+        with another selection is refused.
     Started again with the same `out`, it resumes: nothing finished is lost, duplicated or redone.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples {samples!r} is not allowed: use an integer >= 1")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer")
-    suite = load_suite(suite, limit=limit) if isinstance(suite, str) else suite.limit(limit)
-    sampling.setdefault("greedy", False)  # k samples per problem: sample unless told otherwise
+    if not all(hasattr(lab, attr) for attr in ("_sampling", "generate", "name", "card")):
+        raise TypeError(f"lab={type(lab).__name__} is not accepted: a Lab (mimo_lab.load(...)) is")
+    check_choice("backend", backend, BACKENDS)
+    samples = check_int("samples", samples, minimum=1)
+    seed = check_seed("seed", seed, none_ok=False)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    limit = check_int("limit", limit, minimum=1, none_ok=True)
+    check_choice("select", select, SELECTIONS)
+    save_traces = check_bool("save_traces", save_traces)
+    progress = check_bool("progress", progress)
+    if out is not None and not isinstance(out, str | Path):
+        raise TypeError(f"out={out!r} ({type(out).__name__}) is not accepted: a folder path (or None) is")
+    if isinstance(out, str) and not out.strip():
+        raise ValueError("out='' is empty: a folder path (or None for a new temporary folder) is accepted")
+    if isinstance(suite, str | Path):
+        suite = load_suite(suite, limit=limit, select=select)
+    elif isinstance(suite, Suite):
+        suite = suite.limit(limit, select)
+    else:
+        raise TypeError(f"suite={suite!r} ({type(suite).__name__}) is not accepted: a Suite, a suite name or a "
+                        "suite file path is")
+    if not suite.problems:
+        raise ValueError(f"suite {suite.name!r} has no problems")
+    _check_ids(suite)
+    given = sorted(sampling)
+    if samples > 1:
+        sampling.setdefault("greedy", False)  # k samples per problem: the card's recommended sampling
+    decoding = ("card default decoding" if samples == 1 else "card recommended sampling") + \
+        (f"; given: {', '.join(given)}" if given else "")
     resolved = lab._sampling(sampling).as_dict()  # validates before any work
     generate = _backend(lab, backend)
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"mimo-lab-{suite.name}-"))
-    settings = _settings(lab, suite, samples, seed, resolved, backend)
+    selection = {"limit": limit, "select": select if limit is not None else "all", "seed": 0}
+    settings = _settings(lab, suite, samples, seed, resolved, backend, selection, decoding)
     _check_resume(folder, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").write_text(json.dumps(settings, indent=1))
+    settings["save_traces"] = save_traces
+    tmp = folder / "run.json.tmp"  # atomically: a reader never sees a half-written run.json
+    tmp.write_text(json.dumps(settings, indent=1))
+    tmp.replace(folder / "run.json")
     samples_path = folder / "samples.jsonl"
+    repair_torn_tail(samples_path)  # the writer, and only the writer, drops a line a kill cut short
     done = {(r["problem_id"], r["sample_index"]) for r in read_samples(samples_path)}
     pending = [(p, k) for p in suite.problems for k in range(samples) if (p.id, k) not in done]
 
@@ -190,11 +320,12 @@ def _grade_record(problem, index: int, trace: Trace, seed: int) -> dict:
                                   token_ids=trace.token_ids, grader_error=verdict.error, token_texts=trace.token_texts)
     return {
         "problem_id": problem.id, "sample_index": index, "seed": seed, "category": category,
-        "correct": verdict.correct, "extracted_answer": verdict.extracted, "extraction_rule": verdict.rule,
+        "correct": category == "correct", "extracted_answer": verdict.extracted, "extraction_rule": verdict.rule,
         "reference_answer": problem.answer, "num_tokens": len(trace), "finish_reason": trace.finish_reason,
         "thinking_chars": len(trace.thinking), "evidence": evidence, "grader_error": verdict.error,
         "meta": problem.meta, "prompt": trace.prompt, "answer": trace.answer[-500:],
         "mean_entropy": float(trace.entropies.mean()) if len(trace) else None,
+        "sampling": dict(trace.sampling),
     }
 
 

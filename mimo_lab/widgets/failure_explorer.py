@@ -15,8 +15,10 @@ class FailureExplorer(W.VBox):
     """`FailureExplorer(run, lab=None)`: pick a class, pick a sample, read its trace. `.show_sample(problem_id, k)`."""
 
     def __init__(self, run, lab=None):
+        from mimo_lab.bench.explore import Explorer
+
+        self.explorer = Explorer(run)  # refuses a non-Run and a run with no samples, naming it
         self.run, self.lab = run, lab
-        self.explorer = run.explore()
         frame = self.explorer.frame
         present = [c for c in CATEGORIES if c in set(frame["category"])]
         self.category = W.Dropdown(options=["all failures", *present], description="class")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 from suite_files import write_all
 
@@ -39,7 +42,7 @@ def test_gsm8k_schema(files):
 
 def test_limit_and_errors(files, tmp_path):
     assert len(load_suite(str(files["math500"]), limit=2)) == 2
-    with pytest.raises(ValueError, match="limit 0"):
+    with pytest.raises(ValueError, match="limit=0"):
         load_suite(str(files["math500"]), limit=0)
     odd = tmp_path / "odd.jsonl"
     odd.write_text('{"foo": 1, "bar": 2}\n')
@@ -65,3 +68,53 @@ def test_nano_suite_cells():
     assert all(p.answer_type == ("ordered_list" if p.meta["family"] == "sorting" else "math") for p in suite.problems)
     assert nano_suite(per_cell=2).problems == suite.problems  # fixed seed
     assert {p.meta["in_training"] for p in suite.problems} == {True, False}
+
+
+# ----------------------------------------------------------------------------- bad suite files (D18)
+def _jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_a_row_without_an_answer_is_refused_naming_file_and_line(tmp_path):
+    rows = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 2?"}]
+    with pytest.raises(ValueError, match=r"no\.jsonl line 2 has no 'answer' field"):
+        load_suite(str(_jsonl(tmp_path / "no.jsonl", rows)))
+    rows[1]["answer"] = None  # `answer: null` was graded against the string 'None'
+    with pytest.raises(ValueError, match=r"null\.jsonl line 2 has an empty 'answer' \(None\)"):
+        load_suite(str(_jsonl(tmp_path / "null.jsonl", rows)))
+    rows[1]["answer"] = "  "
+    with pytest.raises(ValueError, match=r"blank\.jsonl line 2 has an empty 'answer'"):
+        load_suite(str(_jsonl(tmp_path / "blank.jsonl", rows)))
+
+
+def test_an_empty_csv_cell_is_refused_naming_the_line(files, tmp_path):
+    frame = pd.read_csv(files["math500_csv"], dtype=str)
+    frame.loc[1, "answer"] = None  # an empty cell: pandas reads NaN, graded against 'nan' before
+    frame.to_csv(tmp_path / "gap.csv", index=False)
+    assert ",," in (tmp_path / "gap.csv").read_text()
+    with pytest.raises(ValueError, match=r"gap\.csv line 3 has an empty 'answer' \(nan\)"):
+        load_suite(str(tmp_path / "gap.csv"))
+
+
+def test_duplicate_ids_are_refused_naming_both_rows(tmp_path):
+    rows = [{"id": 7, "problem": "a?", "answer": "1"}, {"id": 8, "problem": "b?", "answer": "2"},
+            {"id": 7, "problem": "c?", "answer": "3"}]
+    with pytest.raises(ValueError, match=r"duplicate problem id '7': .*dup\.jsonl line 1 and .*dup\.jsonl line 3"):
+        load_suite(str(_jsonl(tmp_path / "dup.jsonl", rows)))
+
+
+def test_missing_file_broken_line_and_per_cell(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        load_suite(str(tmp_path / "nowhere.jsonl"))
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        load_suite(tmp_path / "nowhere.csv")
+    broken = _jsonl(tmp_path / "broken.jsonl", [{"question": "q", "answer": "1"}, '{"question": "r", "ans'])
+    with pytest.raises(ValueError, match=r"broken\.jsonl line 2 is not valid JSON"):
+        load_suite(str(broken))
+    with pytest.raises(ValueError, match="per_cell=0"):
+        load_suite("nano", per_cell=0)
+    with pytest.raises(ValueError, match="per_cell=0"):
+        nano_suite(per_cell=0)
+    with pytest.raises(ValueError, match="unknown suite 'mmlu'"):
+        load_suite("mmlu")
