@@ -384,17 +384,23 @@ class Lab:
 
         return steer(self, vector, scale)
 
-    def suppress_sentence(self, trace: Trace, sentence: int, kind: str = "sentence", **kl):
-        """Mask attention to one sentence from later tokens; KL per position; returns `SuppressionResult`."""
+    def suppress_sentence(self, trace: Trace, sentence: int, kind: str = "sentence", *, kl: str = "exact",
+                          temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None):
+        """Mask attention to one sentence from later tokens; KL per position (kl="exact" or
+        "thought_anchors"); returns `SuppressionResult`."""
         from mimo_lab.probe.intervene import suppress_sentence
 
-        return suppress_sentence(self, trace, sentence, kind, **kl)
+        return suppress_sentence(self, trace, sentence, kind, kl=kl, temperature=temperature, top_p=top_p,
+                                 max_tokens=max_tokens)
 
-    def suppression_matrix(self, trace: Trace, kind: str = "sentence", **kl):
+    def suppression_matrix(self, trace: Trace, kind: str = "sentence", *, kl: str = "exact",
+                           temperature: float | None = None, top_p: float | None = None,
+                           max_tokens: int | None = None):
         """Every sentence suppressed in turn; returns `SuppressionMatrix` [suppressed, later]."""
         from mimo_lab.probe.intervene import suppression_matrix
 
-        return suppression_matrix(self, trace, kind, **kl)
+        return suppression_matrix(self, trace, kind, kl=kl, temperature=temperature, top_p=top_p,
+                                  max_tokens=max_tokens)
 
     # ------------------------------------------------------------------ end of attention and interventions
 

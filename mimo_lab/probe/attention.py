@@ -653,14 +653,14 @@ def attention_between(lab, text_or_trace, queries, keys, layers=None, what: str 
     return HeadScores(pd.DataFrame(rows), what)
 
 
-def _inputs(value, name: str) -> list:
-    """A text, a Trace, or a non-empty list of them -> a list."""
+def check_inputs(value, name: str) -> list:
+    """A text, a Trace, or a non-empty list of them -> a list (a str is one text)."""
     items = [value] if isinstance(value, str | Trace) else value
     if not isinstance(items, list | tuple):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a Trace, a text, or a list "
+        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a text, a Trace, or a list "
                         "of them is")
     if not items:
-        raise ValueError(f"{name}=[] is empty: give at least one Trace or text")
+        raise ValueError(f"{name}=[] is empty: give at least one text or Trace")
     for i, item in enumerate(items):
         check_input(item, f"{name}[{i}]")
     return list(items)
@@ -673,7 +673,7 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
     traces: a Trace, a text, or a list of them. Only the sentences of the thinking count (the
     prompt and the answer after </think> are excluded); each trace needs at least proximity + 2.
     """
-    traces = _inputs(traces, "traces")
+    traces = check_inputs(traces, "traces")
     layers = check_layer_list(lab, layers)
     proximity = check_proximity(proximity)
     if kind not in ("sentence", "step"):

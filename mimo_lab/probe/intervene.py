@@ -28,6 +28,7 @@ from mimo_lab.generation import TokenDecoder
 from mimo_lab.probe.attention import (
     _show,
     check_input,
+    check_inputs,
     check_layer,
     check_layer_list,
     check_positions,
@@ -164,9 +165,9 @@ _SHIFTS = "_mimo_lab_steering"  # per decoder layer: [inner body, active shifts]
 
 
 def _add_shifts(output, shift: torch.Tensor):
-    if isinstance(output, tuple):
-        return (output[0] + shift, *output[1:])
-    return output + shift
+    hidden = output[0] if isinstance(output, tuple) else output
+    steered = hidden + shift.to(hidden.device, hidden.dtype)  # a sharded model may hold the layer on another GPU
+    return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
 
 def _install_shift(lab, layer: int, shift: torch.Tensor) -> None:
@@ -176,7 +177,9 @@ def _install_shift(lab, layer: int, shift: torch.Tensor) -> None:
     forward hooks run, so a forward hook would steer the next layers while a capture of this
     layer still read the value before the shift. The shift therefore goes into the body that
     nnsight's controller runs: every forward pass, traced by nnsight or not (`lab.generate`),
-    then sees the steered output.
+    then sees the steered output. (Asking for this decoder layer's `.source` inside the block
+    would swap that body for nnsight's instrumented copy and drop the shift; the probes only use
+    `self_attn.source`.)
     """
     lab.nn  # noqa: B018 - nnsight's controller must wrap the layer before its body is wrapped
     module = lab.model.model.layers[layer]
@@ -302,19 +305,6 @@ class SteeringVector:
                    meta.get("model_name", ""), tuple(meta.get("counts", (0, 0))))
 
 
-def _examples(value, name: str) -> list:
-    """A text, a Trace, or a non-empty list of them -> a list (a str is one text)."""
-    items = [value] if isinstance(value, str | Trace) else value
-    if not isinstance(items, list | tuple):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a text, a Trace, or a list "
-                        "of them is")
-    if not items:
-        raise ValueError(f"{name}=[] is empty: give at least one text or Trace")
-    for i, item in enumerate(items):
-        check_input(item, f"{name}[{i}]")
-    return list(items)
-
-
 def _mean_resid(lab, items, layer: int, name: str) -> tuple[torch.Tensor, float, int]:
     total, norm_total, count = None, 0.0, 0
     for item in items:
@@ -337,7 +327,7 @@ def steering_vector(lab, positive, negative, layer: int) -> SteeringVector:
     of the residual over all those tokens: `lab.steer(vector, scale)` adds scale * norm along the
     vector's direction, so scale 1 is a shift as long as an average residual at that layer.
     """
-    positive, negative = _examples(positive, "positive"), _examples(negative, "negative")
+    positive, negative = check_inputs(positive, "positive"), check_inputs(negative, "negative")
     layer = check_layer(lab, layer)
     pos_mean, pos_norm, n_pos = _mean_resid(lab, positive, layer, "positive")
     neg_mean, neg_norm, n_neg = _mean_resid(lab, negative, layer, "negative")
