@@ -672,6 +672,8 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
 
     traces: a Trace, a text, or a list of them. Only the sentences of the thinking count (the
     prompt and the answer after </think> are excluded); each trace needs at least proximity + 2.
+    A trace whose kurtosis is NaN for a head (all its vertical scores equal) is left out of that
+    head's mean.
     """
     traces = check_inputs(traces, "traces")
     layers = check_layer_list(lab, layers)

@@ -130,7 +130,6 @@ def activation_patching(lab, clean, corrupted, target: str, layers=None, positio
     positions = list(range(prefix)) if positions is None else check_positions(positions, n, "positions")
     text, spans = TokenDecoder(lab.tokenizer).decode_with_spans(clean_ids.tolist())
     token_texts = [text[s:e] for s, e in spans]
-    lab._need_weights("activation patching")
     clean_ids, corrupt_ids = clean_ids[None].to(lab.device), corrupt_ids[None].to(lab.device)
     target_ids = clean_ids[0, prefix:]
 

@@ -207,3 +207,14 @@ def test_load_names_the_file(cls, tmp_path, vector):
         cls.load(other)
     with pytest.raises(TypeError, match="path"):
         cls.load(5)
+
+
+def test_load_names_a_missing_field(tmp_path):
+    from mimo_lab.probe.attention import save_result
+
+    path = save_result(tmp_path / "v.safetensors", "SteeringVector", {"vector": torch.ones(4)}, {"norm": 1.0})
+    with pytest.raises(ValueError, match=r"v\.safetensors.*'layer' missing"):
+        SteeringVector.load(path)
+    path = save_result(tmp_path / "p.safetensors", "PatchingResult", {"other": torch.ones(1)}, {})
+    with pytest.raises(ValueError, match=r"p\.safetensors.*'patched_logprob'"):
+        PatchingResult.load(path)
