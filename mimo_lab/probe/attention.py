@@ -250,11 +250,7 @@ class SentenceAttention:
 
     def __repr__(self) -> str:
         return (f"SentenceAttention(layer {self.layer}, heads {self.heads}, {len(self.groups)} groups, "
-                f"{len(self.segments)} reasoning {self._kind()}s)")
-
-    def _kind(self) -> str:
-        names = [g["name"] for g in self.groups if g.get("role") == "segment"]
-        return names[0].split(" ")[0] if names and " " in names[0] else "sentence"
+                f"{len(self.segments)} of them reasoning sentences)")
 
     @property
     def segments(self) -> list[int]:
