@@ -390,12 +390,12 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, *, temperature
     keep_p = _nucleus(p_logits, temperature, top_p, max_tokens)
     keep_q = _nucleus(q_logits, temperature, top_p, max_tokens)
     union = keep_p | keep_q
-    a = torch.where(keep_p, p_logits, torch.tensor(-1e9)) / temperature
-    b = torch.where(keep_q, q_logits, torch.tensor(-1e9)) / temperature
+    a = p_logits.masked_fill(~keep_p, -1e9) / temperature
+    b = q_logits.masked_fill(~keep_q, -1e9) / temperature
     log_p = a.masked_fill(~union, -math.inf).log_softmax(-1)
     log_q = b.masked_fill(~union, -math.inf).log_softmax(-1)
     p = log_p.exp()
-    terms = torch.where(union & (p > 0), p * (log_p - log_q), torch.zeros(()))
+    terms = (p * (log_p - log_q)).masked_fill(~(union & (p > 0)), 0.0)  # outside the union: nan -> 0
     return terms.sum(-1).clamp(min=0)
 
 
