@@ -437,8 +437,9 @@ def _check_trace(trace, kind: str) -> list[dict]:
 
 @torch.no_grad()
 def _masked_logits_kl(lab, ids: torch.Tensor, base: torch.Tensor, start: int, end: int, settings: dict,
-                      chunk: int = 1024) -> torch.Tensor:
-    """KL(base || suppressed) of the next-token distribution at every position [n] (0 before `end`)."""
+                      chunk: int = 256) -> torch.Tensor:
+    """KL(base || suppressed) of the next-token distribution at every position [n] (0 before `end`);
+    `chunk` positions at a time, so only [chunk, vocab] logits exist (the sparse KL keeps ~8 of them)."""
     n = ids.shape[1]
     allowed = torch.ones(n, n, dtype=torch.bool, device=ids.device).tril()
     allowed[end:, start:end] = False  # later tokens may not look at the sentence, in any layer or head
