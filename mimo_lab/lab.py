@@ -367,6 +367,54 @@ class Lab:
 
         return attention(self, text_or_trace, layer, heads=heads, **options)
 
+    def attention_between(self, text_or_trace, queries, keys, layers=None, what: str | None = None):
+        """Every (layer, head)'s attention mass from `queries` to `keys` (positions); returns `HeadScores`."""
+        from mimo_lab.probe.attention import attention_between
+
+        return attention_between(self, text_or_trace, queries, keys, layers=layers, what=what)
+
+    def receiver_heads(self, traces, layers=None, proximity: int = 4, kind: str = "sentence"):
+        """Thought Anchors' receiver heads over traces (reasoning sentences only); returns `ReceiverHeads`."""
+        from mimo_lab.probe.attention import receiver_heads
+
+        return receiver_heads(self, traces, layers=layers, proximity=proximity, kind=kind)
+
+    def activation_patching(self, clean, corrupted, target: str, layers=None, positions=None):
+        """Clean residual patched into the corrupted run per (layer, position); returns `PatchingResult`."""
+        from mimo_lab.probe.intervene import activation_patching
+
+        return activation_patching(self, clean, corrupted, target, layers=layers, positions=positions)
+
+    def steering_vector(self, positive, negative, layer: int):
+        """Difference of mean residuals (positive - negative) after `layer`; returns `SteeringVector`."""
+        from mimo_lab.probe.intervene import steering_vector
+
+        return steering_vector(self, positive, negative, layer)
+
+    def steer(self, vector, scale: float):
+        """`with lab.steer(vector, scale):` adds scale x the layer's mean residual norm along `vector`."""
+        from mimo_lab.probe.intervene import steer
+
+        return steer(self, vector, scale)
+
+    def suppress_sentence(self, trace: Trace, sentence: int, kind: str = "sentence", *, kl: str = "exact",
+                          temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None):
+        """Mask attention to one sentence from later tokens; KL per position (kl="exact" or
+        "thought_anchors"); returns `SuppressionResult`."""
+        from mimo_lab.probe.intervene import suppress_sentence
+
+        return suppress_sentence(self, trace, sentence, kind, kl=kl, temperature=temperature, top_p=top_p,
+                                 max_tokens=max_tokens)
+
+    def suppression_matrix(self, trace: Trace, kind: str = "sentence", *, kl: str = "exact",
+                           temperature: float | None = None, top_p: float | None = None,
+                           max_tokens: int | None = None):
+        """Every sentence suppressed in turn; returns `SuppressionMatrix` [suppressed, later]."""
+        from mimo_lab.probe.intervene import suppression_matrix
+
+        return suppression_matrix(self, trace, kind, kl=kl, temperature=temperature, top_p=top_p,
+                                  max_tokens=max_tokens)
+
     # ------------------------------------------------------------------ end of attention and interventions
 
 

@@ -139,8 +139,6 @@ TEMPERATURE = 0.6                  # for the sampled traces
 import re
 
 import mimo_lab
-from mimo_lab.probe.attention import attention_between, receiver_heads
-from mimo_lab.probe.intervene import activation_patching, steering_vector, suppress_sentence
 from mimo_lab.probe.lens import logit_lens, mtp_lens
 
 lab = mimo_lab.load(MODEL)
@@ -173,7 +171,7 @@ if lab.has_mtp:
     display(mtp.to_frame().sort_values("target_prob").head(8)[["token", "guess", "guess_prob", "target", "target_prob", "label"]])
     display(mtp.plot())
 """),
-        md("## Attention patterns\nToken level for a window (checked against eager attention in the tests), sentence level for the whole trace."),
+        md("## Attention patterns\nToken level for a window (checked against eager attention in the tests), sentence level for the whole trace. Positions count the prompt's tokens first, then the generated ones: the trace's first token is at `trace.prompt_length`."),
         code("""
 layer = LAYER % lab.num_layers
 att = lab.attention(trace, layer)
@@ -186,18 +184,21 @@ sentences.plot()
         md("## Which heads fetch the digits being combined?\nWhen the trace writes a column step such as `Ones: 7 + 8`, the operand digits come from the prompt. Score every head by the attention mass from those written digits back to the digits of the prompt."),
         code("""
 column = re.compile(r"(\\d) \\+ (\\d)")
-queries = sorted({start + trace.token_at(m.start(g)) for m in column.finditer(trace.text) for g in (1, 2)})
+spans = trace.spans.tolist()
+def position_of(char):  # the position (prompt + generated) of the token covering a character of trace.text
+    return trace.prompt_length + next(i for i, (s, e) in enumerate(spans) if s <= char < e)
+queries = sorted({position_of(m.start(g)) for m in column.finditer(trace.text) for g in (1, 2)})
 prompt_tokens = lab.tokenizer.convert_ids_to_tokens(trace.prompt_ids.tolist())
 keys = [i for i, t in enumerate(prompt_tokens) if t.strip().isdigit()]
 print(f"{len(queries)} written operand digits, {len(keys)} prompt digits")
-digit_heads = attention_between(lab, trace, queries, keys, what="attention from written operand digits to the prompt's digits")
+digit_heads = lab.attention_between(trace, queries, keys, what="attention from written operand digits to the prompt's digits")
 display(digit_heads.top(5))
 digit_heads.plot()
 """),
-        md("## Receiver heads and attention sinks\nThought Anchors' receiver heads: heads whose attention concentrates on a few sentences (high kurtosis of the attention each sentence receives from later ones)."),
+        md("## Receiver heads and attention sinks\nThought Anchors' receiver heads: heads whose attention concentrates on a few sentences (high kurtosis of the attention each reasoning sentence receives from the reasoning sentences at least `proximity` later; the prompt and the answer are left out, as in the paper). The paper uses proximity 4 and the top 20 heads; MiMo-nano's traces are short, so proximity 2 here."),
         code("""
 samples = lab.generate(["What is 4587 + 2698?", "What is 23 * 41?", "Sort these numbers: 51, 82, 20, 30, 67"], seed=SEED)
-receivers = receiver_heads(lab, samples, proximity=2)
+receivers = lab.receiver_heads(samples, proximity=2)
 display(receivers.top(5))
 receivers.plot()
 """),
@@ -205,11 +206,11 @@ receivers.plot()
         code("""
 prefix = lab.format_prompt("What is 4587 + 2698?") + "<think>\\nI add 4587 and 2698 column by column, from the right.\\nOnes: 7 + 8 = "
 corrupted = lab.format_prompt("What is 4586 + 2698?") + "<think>\\nI add 4586 and 2698 column by column, from the right.\\nOnes: 6 + 8 = "
-patching = activation_patching(lab, prefix, corrupted, "15")
+patching = lab.activation_patching(prefix, corrupted, "15")
 print(patching)
 patching.plot()
 """),
-        md("**Steering**: the difference of means between backtracking sentences and the others, added during generation."),
+        md("**Steering**: the difference of means between backtracking sentences and the others, added to one layer's output inside `with lab.steer(vector, scale):` (and nowhere else). `scale` counts multiples of that layer's mean residual norm over the examples' tokens (`vector.norm`)."),
         code("""
 pool = lab.generate(["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "Multiply 87 by 8."] * 2,
                     seed=SEED + 1, temperature=TEMPERATURE)
@@ -217,19 +218,23 @@ backtracking = [s.stripped for t in pool for s in t.sentences if "backtracking" 
 others = [s.stripped for t in pool for s in t.sentences if not s.markers][:40]
 print(len(backtracking), "backtracking sentences,", len(others), "others")
 if backtracking and others:
-    vector = steering_vector(lab, backtracking, others, layer=lab.num_layers // 2)
+    vector = lab.steering_vector(backtracking, others, layer=lab.num_layers // 2)
+    print(vector)
     prompts = ["What is 17 + 28?", "What is 78 + 87?", "What is 478 + 387?", "What is 58 + 37?"] * 2
     for scale in (-4.0, 0.0, 4.0):
-        with vector.apply(lab, scale):
+        with lab.steer(vector, scale):
             traces = lab.generate(prompts, seed=SEED, temperature=TEMPERATURE)
         print(f"scale {scale:+.1f}: {sum('Wait' in t.thinking for t in traces)}/{len(traces)} traces backtrack, "
               f"{sum(t.final_answer is not None for t in traces)} give an answer")
 """),
-        md("**Attention suppression**: mask all attention to one sentence from everything after it, and see which later sentences change (KL of their next-token distributions)."),
+        md("**Attention suppression**: mask all attention to one sentence from everything after it, and see which later sentences change (KL of their next-token distributions; per sentence, the mean of log(KL + 1e-9) over its positions). The default KL is exact (the model's own distributions, full vocabulary); `kl=\"thought_anchors\"` uses the paper's settings (T 0.6, the union of each side's top-p 0.9999 tokens, at most 100) for numbers comparable with theirs."),
         code("""
-suppressed = suppress_sentence(lab, trace, 1)
+suppressed = lab.suppress_sentence(trace, 1)
 display(suppressed.to_frame().head(10))
 suppressed.plot()
+"""),
+        code("""
+lab.suppression_matrix(trace, kl="thought_anchors").plot()
 """),
     ],
     "03_benchmark_failures.ipynb": [
