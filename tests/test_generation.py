@@ -122,15 +122,17 @@ def test_mtp_analytics_align_with_mtp_predictions(lab):
 
 
 def test_bad_sampling_settings_are_refused(lab):
-    for kwargs, message in [({"temperature": 0}, "temperature 0"), ({"temperature": -1.0}, "temperature -1.0"),
-                            ({"top_p": 1.5}, "top_p 1.5"), ({"top_k": 0}, "top_k 0"),
-                            ({"max_new_tokens": 0}, "max_new_tokens 0"), ({"temprature": 0.5}, "unknown sampling"),
-                            ({"greedy": "yes"}, "greedy must be")]:
-        with pytest.raises(ValueError, match=message):
+    for kwargs, error, message in [
+            ({"temperature": 0}, ValueError, "temperature=0.0"),
+            ({"temperature": -1.0}, ValueError, "temperature=-1.0"),
+            ({"top_p": 1.5}, ValueError, "top_p=1.5"), ({"top_k": 0}, ValueError, "top_k=0"),
+            ({"max_new_tokens": 0}, ValueError, "max_new_tokens=0"),
+            ({"temprature": 0.5}, TypeError, "unknown sampling"), ({"greedy": "yes"}, TypeError, "greedy='yes'")]:
+        with pytest.raises(error, match=message):
             lab.generate("hi", **kwargs)
-    with pytest.raises(ValueError, match="seed -1"):
+    with pytest.raises(ValueError, match="seed=-1"):
         lab.generate("hi", seed=-1)
-    with pytest.raises(ValueError, match="no prompts"):
+    with pytest.raises(ValueError, match="prompt=\\[\\] is empty"):
         lab.generate([])
 
 

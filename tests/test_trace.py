@@ -48,7 +48,7 @@ def test_tokens_table_and_token_at(lab, make_trace):
     assert table["in_thinking"].any() and not table["in_thinking"].iloc[-1]
     offset = trace.text.index("Wait")
     i = trace.token_at(offset)
-    assert table["start"].iloc[i] <= offset < table["end"].iloc[i]
+    assert table["start"].loc[i] <= offset < table["end"].loc[i]
     with pytest.raises(ValueError, match="out of range"):
         trace.token_at(10**6)
 
@@ -70,7 +70,7 @@ def test_forking_tokens_are_the_top_fifth_by_entropy(lab, make_trace):
     threshold = float(torch.quantile(torch.tensor(entropies), 0.8))
     assert set(forks.index) == {i for i, e in enumerate(entropies) if e >= threshold}
     assert forks["entropy"].is_monotonic_decreasing
-    with pytest.raises(ValueError, match="quantile 1.5"):
+    with pytest.raises(ValueError, match="quantile=1.5"):
         trace.forking_tokens(1.5)
 
 

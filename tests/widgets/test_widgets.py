@@ -85,16 +85,17 @@ def test_click_a_token_then_resample_from_there(lab):
     pg = Playground(lab)
     first = pg.run("What is 1 + 2?", seed=2, max_new_tokens=16)
     viewer = pg.viewer
-    viewer.select(5)
-    assert "token 5" in viewer.details.value and "alternative" in viewer.details.value
+    position = first.prompt_length + 5  # positions count the prompt's tokens
+    viewer.select(position)
+    assert f"position {position}" in viewer.details.value and "alternative" in viewer.details.value
     assert "logit lens" in viewer.details.value and "L0" in viewer.details.value
     pg.resample_button.click()
     pg.wait(60)
     second = pg.trace
     assert second is not first and torch.equal(second.token_ids[:5], first.token_ids[:5])
-    assert second.meta["resampled_from"]["position"] == 5
+    assert second.meta["resampled_from"]["position"] == position
     pg.compare_button.click()
-    assert "Fork at token" in pg.comparison.value or "identical" in pg.comparison.value
+    assert "Fork at position" in pg.comparison.value or "identical" in pg.comparison.value
 
 
 def test_resample_needs_a_selected_token(lab):
@@ -115,9 +116,9 @@ def test_trace_viewer_colours_and_clicks(lab):
     assert z == pytest.approx(trace.logprobs.tolist())
     points = type("Points", (), {"point_inds": [[0, 3]]})()
     viewer._on_click(None, points, None)  # what a click on the 4th cell sends
-    assert viewer.selected == 3
+    assert viewer.selected == trace.prompt_length + 3  # a position
     assert "timeline" not in output_html(viewer.timeline)
-    with pytest.raises(ValueError, match="token 99 out of range"):
+    with pytest.raises(ValueError, match="position=99 is not a generated token"):
         viewer.select(99)
 
 
