@@ -282,18 +282,23 @@ class Lab:
 # ----------------------------------------------------------------------------- load
 
 
+def _env_threads() -> int | None:
+    env = os.environ.get("MIMO_LAB_THREADS")
+    if not env:
+        return None
+    try:
+        return check_int("MIMO_LAB_THREADS", int(env), minimum=1)
+    except ValueError as err:
+        raise ValueError(f"MIMO_LAB_THREADS={env!r} is not accepted: a whole number >= 1 is") from err
+
+
 def choose_threads(threads: int | None, model, device: torch.device | None) -> int:
     """CPU threads for torch: `threads`, else $MIMO_LAB_THREADS, else 1 for a model under 50M parameters
     on the CPU (more threads only add synchronisation there, and under CPU contention torch's default
     made MiMo-nano's generation 10-20x slower), else torch's default."""
+    threads = _env_threads() if threads is None else threads
     if threads is not None:
         return threads
-    env = os.environ.get("MIMO_LAB_THREADS")
-    if env:
-        try:
-            return check_int("MIMO_LAB_THREADS", int(env), minimum=1)
-        except ValueError as err:
-            raise ValueError(f"MIMO_LAB_THREADS={env!r} is not accepted: a whole number >= 1 is") from err
     params = sum(p.numel() for p in model.parameters())
     on_cpu = device is not None and device.type == "cpu"
     return 1 if on_cpu and params < SMALL_MODEL_PARAMS else _TORCH_DEFAULT_THREADS
@@ -344,6 +349,7 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     from transformers import AutoTokenizer, GenerationConfig
 
     threads = check_int("threads", threads, minimum=1, none_ok=True)
+    _env_threads()  # a bad $MIMO_LAB_THREADS is refused before anything loads
     weights = check_bool("weights", weights)
     if remote not in (False, True, "local"):
         raise ValueError(f"remote {remote!r} is not allowed: use False, True (NDIF) or 'local' (simulated)")
