@@ -99,7 +99,7 @@ def divergence(a: Trace, b: Trace, *, _names: tuple[str, str] = ("a", "b")) -> D
     steps side by side. Also `a.divergence(b)`."""
     for name, trace in zip(_names, (a, b), strict=True):
         if not isinstance(trace, Trace):
-            raise TypeError(f"{name}={shorten(repr(trace), 60)!r} ({type(trace).__name__}) is not accepted: a Trace "
+            raise TypeError(f"{name}={shorten(repr(trace), 60)} ({type(trace).__name__}) is not accepted: a Trace "
                             "is")
     if a.prompt_text and b.prompt_text and a.prompt_text != b.prompt_text:
         raise ValueError(f"{_names[0]} and {_names[1]} answer different prompts: compare samples of the same prompt "

@@ -71,13 +71,16 @@ def _offline() -> bool:
 def resolve_checkpoint(name_or_path: str, revision: str | None = None) -> Path:
     """A local folder holding config.json: the folder itself, or the hub id's cached snapshot."""
     path = Path(name_or_path).expanduser()
+    name_or_path = str(name_or_path)
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{name_or_path!r} is a file: pass the checkpoint folder (the one holding config.json)")
         if not (path / "config.json").is_file():
             raise ValueError(f"folder {str(path)!r} has no config.json: it is not a model checkpoint")
         return path
-    if name_or_path.count("/") != 1 or name_or_path.startswith(("/", ".", "~")):
+    if name_or_path.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"checkpoint folder {name_or_path!r} does not exist")
+    if name_or_path.count("/") != 1:
         raise ValueError(f"{name_or_path!r} is neither an existing folder nor a hub id of the form 'owner/name'")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -348,6 +351,9 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     """
     from transformers import AutoTokenizer, GenerationConfig
 
+    if name_or_path is not None and not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(f"name_or_path={name_or_path!r} ({type(name_or_path).__name__}) is not accepted: a "
+                        "checkpoint folder, a hub id ('owner/name') or None (MiMo-nano) is")
     threads = check_int("threads", threads, minimum=1, none_ok=True)
     _env_threads()  # a bad $MIMO_LAB_THREADS is refused before anything loads
     weights = check_bool("weights", weights)
@@ -369,7 +375,13 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     else:
         name = str(name_or_path)
         folder = resolve_checkpoint(name, revision)
-    config_dict = json.loads((folder / "config.json").read_text())
+    try:
+        config_dict = json.loads((folder / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(folder / 'config.json')!r} is corrupt: it is not JSON ({err})") from err
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{str(folder / 'config.json')!r} is corrupt: it holds a {type(config_dict).__name__}, "
+                         "not a JSON object")
     model_type = config_dict.get("model_type")
     config_class, model_class = _model_class(model_type, folder)
 

@@ -32,6 +32,8 @@ from mimo_lab.widgets.trace_viewer import TraceViewer
 
 class Playground(W.VBox):
     def __init__(self, lab):
+        if not all(hasattr(lab, name) for name in ("card", "stream", "resample")):
+            raise TypeError(f"lab={type(lab).__name__} is not accepted: a Lab (from mimo_lab.load) is")
         self.lab = lab
         card = lab.card
         self.history: list[Trace] = []
