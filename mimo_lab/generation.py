@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from mimo_lab.checks import check_bool, check_choice, check_float, check_int, check_seed, check_str
+from mimo_lab.checks import MAX_SEED, check_bool, check_choice, check_float, check_int, check_seed, check_str
 from mimo_lab.trace import Trace
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "greedy")
@@ -450,8 +450,8 @@ def resample_from(model, tokenizer, trace: Trace, position: int, *, sampling: Sa
     ids = prefix_ids + tail.token_ids.tolist()
     text, spans = TokenDecoder(tokenizer).decode_with_spans(ids)
     if meta is None:
-        meta = {**trace.meta, "resampled_from": {"position": position, "seed": trace.seed,
-                                                 "sampling": dict(trace.sampling)}}
+        meta = {**trace.meta, "resampled_from": {"position": position, "prompt_length": trace.prompt_length,
+                                                 "seed": trace.seed, "sampling": dict(trace.sampling)}}
     joined = Trace(
         prompt=_copy_prompt(trace.prompt), text=text, token_ids=torch.tensor(ids, dtype=torch.long),
         token_texts=[text[s:e] for s, e in spans], spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2),
@@ -595,6 +595,9 @@ def generate(lab, prompt_or_prompts, *, seed=None, mtp: bool | None = None, batc
         seeds = [check_seed(f"seed[{i}]", s, none_ok=False) for i, s in enumerate(seed)]
     else:
         base = check_seed("seed", seed)
+        if base is not None and base + len(prompts) - 1 > MAX_SEED:
+            raise ValueError(f"seed={base} is out of range for {len(prompts)} prompts (prompt i uses seed + i): "
+                             f"an integer from 0 to {MAX_SEED - len(prompts) + 1} is accepted")
         seeds = None if base is None else [base + i for i in range(len(prompts))]
     batch_size = check_int("batch_size", batch_size, minimum=1)
     with_mtp = _with_mtp(lab, mtp)
@@ -692,12 +695,24 @@ def regenerate(lab, trace: Trace, **overrides) -> Trace:
     else:
         raise ValueError("the trace records neither its prompt's token ids nor its prompt text: it cannot be "
                          "regenerated")
+    start = None  # the position the resample began at
+    if origin is not None:
+        # traces saved before positions counted the prompt recorded a generated-token index (and no prompt_length)
+        start = origin["position"] + (0 if "prompt_length" in origin else int(prompt_ids.numel()))
+    if trace.meta.get("analytics") == "second pass" and not settings.greedy:
+        raise ValueError("the trace was sampled by remote execution (transformers' own sampler, seeded on the "
+                         "server): only its greedy traces can be regenerated exactly")
+    if trace.finish_reason == "stopped" and "max_new_tokens" not in overrides:
+        # stopped by hand after these tokens: the same seed gives the same tokens up to there (each row's
+        # uniforms are drawn up front, and a shorter draw is a prefix of a longer one)
+        kept = 0 if start is None else start - int(prompt_ids.numel())
+        settings = replace(settings, max_new_tokens=max(1, len(trace) - kept))
     lab._need_weights("regenerate")
     with_mtp = trace.mtp is not None and lab.has_mtp
     with lab._lock:
         if origin is not None:
             source = replace(trace, prompt_ids=prompt_ids)
-            return resample_from(lab.model, lab.tokenizer, source, origin["position"], sampling=settings,
+            return resample_from(lab.model, lab.tokenizer, source, start, sampling=settings,
                                  seed=trace.seed, with_mtp=with_mtp, model_name=lab.name, revision=lab.revision,
                                  meta=dict(trace.meta))
         again = generate_traces(lab.model, lab.tokenizer, [trace.prompt_text], [trace.prompt], sampling=settings,

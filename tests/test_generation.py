@@ -186,6 +186,21 @@ def test_regenerate_reproduces_the_tokens(lab, tmp_path, case):
     assert again.mtp is not None and torch.equal(again.mtp["pred_id"], trace.mtp["pred_id"])
 
 
+def test_regenerate_a_stopped_stream_and_an_older_resampled_trace(lab):
+    for token in lab.stream(PROMPTS[0], seed=31, max_new_tokens=200):
+        if token.index == 6:
+            break
+    stopped = lab.last_trace
+    assert stopped.finish_reason == "stopped" and 7 <= len(stopped) < 200
+    assert lab.regenerate(stopped).token_ids.tolist() == stopped.token_ids.tolist()
+    # a resampled trace saved before positions counted the prompt: its meta holds the generated-token index
+    origin = lab.generate(PROMPTS[0], seed=33, max_new_tokens=12)
+    assert len(origin) == 12
+    resampled = lab.resample(origin, origin.prompt_length + 4, seed=7, max_new_tokens=6)
+    old_style = Trace(**{**resampled.__dict__, "meta": {"resampled_from": {"position": 4, "seed": 33}}})
+    assert lab.regenerate(old_style).token_ids.tolist() == resampled.token_ids.tolist()
+
+
 def test_regenerate_refuses_what_it_cannot_reproduce(lab, make_trace):
     trace = lab.generate(PROMPTS[0], seed=1, max_new_tokens=4, mtp=False)
     with pytest.raises(TypeError, match="trace='str'"):

@@ -144,10 +144,13 @@ class Playground(W.VBox):
         neither read nor changed.
         """
         prompt = self.prompt.value if prompt is None else prompt
-        tokens = self.lab.stream(prompt, seed=seed, system=system, **sampling)  # checks everything, runs nothing
         if not self._busy.acquire(blocking=False):
-            tokens.close()
             raise RuntimeError("the playground is already generating; stop it or wait for it first")
+        try:
+            tokens = self.lab.stream(prompt, seed=seed, system=system, **sampling)  # checks everything, runs nothing
+        except BaseException:
+            self._busy.release()
+            raise
         error = self._work(lambda: self._show_stream(tokens), raise_errors=True)
         if error is not None:
             raise error

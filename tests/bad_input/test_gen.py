@@ -92,6 +92,8 @@ CASES = [
     ("seed=-1", lambda lab, t, p: lab.generate("hi", seed=-1), ValueError, "seed=-1"),
     ("seed=1.5", lambda lab, t, p: lab.generate("hi", seed=1.5), TypeError, "seed=1.5"),
     ("seed='1'", lambda lab, t, p: lab.generate("hi", seed="1"), TypeError, "seed='1'"),
+    ("seed overflows for a list", lambda lab, t, p: lab.generate(["a", "b"], seed=2**63 - 1), ValueError,
+     "seed=9223372036854775807 is out of range for 2 prompts"),
     ("seed list too short", lambda lab, t, p: lab.generate(["a", "b"], seed=[1]), ValueError, "seed has 1 seeds"),
     ("seed list entry -2", lambda lab, t, p: lab.generate(["a", "b"], seed=[1, -2]), ValueError, r"seed\[1\]=-2"),
     ("system=5", lambda lab, t, p: lab.generate("hi", system=5), TypeError, "system=5"),
