@@ -575,7 +575,7 @@ def _add_special_tokens(lab) -> bool:
 
 
 def generate(lab, prompt_or_prompts, *, seed=None, mtp: bool | None = None, batch_size: int = 16,
-             system: str | None = None, **sampling) -> Trace | list[Trace]:
+             system: str | None = None, preset: str = "default", **sampling) -> Trace | list[Trace]:
     """See `Lab.generate`."""
     single = isinstance(prompt_or_prompts, str) or (
         isinstance(prompt_or_prompts, list | tuple) and bool(prompt_or_prompts)
@@ -601,7 +601,7 @@ def generate(lab, prompt_or_prompts, *, seed=None, mtp: bool | None = None, batc
         seeds = None if base is None else [base + i for i in range(len(prompts))]
     batch_size = check_int("batch_size", batch_size, minimum=1)
     with_mtp = _with_mtp(lab, mtp)
-    settings = check_sampling(lab, sampling)
+    settings = check_sampling(lab, sampling, base=check_choice("preset", preset, ("default", "recommended")))
     texts = [format_prompt(lab, p, system) for p in prompts]
     if seeds is None:
         base = draw_seed()

@@ -219,7 +219,7 @@ class Lab:
 
     def generate(self, prompt_or_prompts: str | list, *, seed: int | list[int] | None = None,
                  mtp: bool | None = None, batch_size: int = 16, system: str | None = None,
-                 **sampling) -> Trace | list[Trace]:
+                 preset: str = "default", **sampling) -> Trace | list[Trace]:
         """Generate a Trace (a list of them for a list of prompts) with per-token analytics.
 
         prompt_or_prompts: a string, a list of chat messages ({'role', 'content'}), or a list of either.
@@ -229,9 +229,11 @@ class Lab:
             None draws one (recorded in the Trace).
         mtp: run the MTP head over the finished trace (default: when the model has one).
         system: the system prompt for a string prompt (default: the card's).
+        preset: where unset settings come from: "default" (`card.default_decoding`) or "recommended"
+            (`card.recommended_sampling`, for drawing several samples; recorded as source "recommended").
         """
         return generation.generate(self, prompt_or_prompts, seed=seed, mtp=mtp, batch_size=batch_size,
-                                   system=system, **sampling)
+                                   system=system, preset=preset, **sampling)
 
     def regenerate(self, trace: Trace, **overrides) -> Trace:
         """Generate again from a (saved) trace's prompt tokens, sampling settings and seed: the same tokens.

@@ -238,6 +238,9 @@ def test_every_trace_records_the_settings_it_used_and_their_source(nano):
     list(nano.stream("What is 12 + 30?", seed=0))
     assert nano.last_trace.sampling == default.sampling
     assert torch.equal(nano.last_trace.token_ids, default.token_ids)
+    several = nano.generate(["What is 12 + 30?"] * 2, seed=0, preset="recommended")
+    assert [t.sampling for t in several] == [{**NANO_CARD.recommended_sampling, "source": "recommended"}] * 2
+    assert not torch.allclose(several[0].entropies, several[0].model_entropies)  # sampled at T 0.6, not greedy
     # drawing another sample: the recommended sampling, not the greedy default (which would repeat the trace)
     resampled = nano.resample(greedy, greedy.prompt_length + 2, seed=5)
     assert resampled.sampling == {**NANO_CARD.recommended_sampling, "source": "recommended"}

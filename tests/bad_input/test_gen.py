@@ -102,6 +102,7 @@ CASES = [
     ("batch_size=0", lambda lab, t, p: lab.generate("hi", batch_size=0), ValueError, "batch_size=0"),
     ("batch_size=1.5", lambda lab, t, p: lab.generate("hi", batch_size=1.5), TypeError, "batch_size=1.5"),
     ("batch_size=None", lambda lab, t, p: lab.generate("hi", batch_size=None), TypeError, "batch_size=None"),
+    ("preset='greedy'", lambda lab, t, p: lab.generate("hi", preset="greedy"), ValueError, "preset='greedy'"),
     ("mtp='yes'", lambda lab, t, p: lab.generate("hi", mtp="yes"), TypeError, "mtp='yes'"),
     ("format_prompt(5)", lambda lab, t, p: lab.format_prompt(5), TypeError, "prompt=5"),
     # stream: checked at the call, not at the first next()
