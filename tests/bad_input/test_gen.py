@@ -208,3 +208,17 @@ def test_trace_load_of_a_newer_or_corrupt_file(trace, tmp_path):
     torch.save({"x": 1}, folder / "tensors.safetensors")  # a pickle, not safetensors
     with pytest.raises(ValueError, match="tensors.safetensors is corrupt"):
         Trace.load(folder)
+
+
+@pytest.mark.parametrize("argv, text", [(["demo", "--per-level", "0"], "--per-level 0"),
+                                        (["demo", "--threads", "0"], "threads=0")])
+def test_cli_demo_names_the_bad_option(argv, text, capsys, monkeypatch):
+    from mimo_lab import cli
+    from mimo_lab.models.mimo import MiMoForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights started loading before the option was checked")
+
+    monkeypatch.setattr(MiMoForCausalLM, "from_pretrained", refuse)
+    assert cli.main(argv) == 2
+    assert text in capsys.readouterr().err
