@@ -139,6 +139,9 @@ def test_a_fork_position_goes_unchanged_into_tokens_capture_and_resample(lab):
     assert int(again.tokens.index[0]) == first and position in again.tokens.index
     kept = position - first
     assert again.token_ids[:kept].tolist() == trace.token_ids[:kept].tolist()
+    # the token at `position` is drawn again from the same context: the same model distribution there
+    assert torch.equal(again.top_ids[kept], trace.top_ids[kept])
+    assert float(again.model_entropies[kept]) == pytest.approx(float(trace.model_entropies[kept]), abs=1e-4)
     assert len(again) == kept + 8 or again.finish_reason == "stop"
 
 
