@@ -12,7 +12,9 @@ def _demo(args: argparse.Namespace) -> int:
     from mimo_lab.nano import tasks
 
     started = time.time()
-    lab = mimo_lab.load(args.model, device=args.device)
+    if args.per_level < 1:
+        raise ValueError(f"--per-level {args.per_level} is not accepted: an integer of at least 1 is")
+    lab = mimo_lab.load(args.model, device=args.device, threads=args.threads)
     print(f"{lab}  (loaded in {time.time() - started:.1f}s)\n")
     prompts = args.prompt or ["What is 128 + 367?", "What is 905 - 47?", "What is 23 * 41?",
                               "Solve for x: 3x + 7 = 25",
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     demo.add_argument("--per-level", type=int, default=5, help="held-out problems per task and level")
+    demo.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads (default: $MIMO_LAB_THREADS, else 1 for a small model on the CPU)")
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="run a benchmark suite (resumable: run again with the same --out)")
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, ImportError, FileNotFoundError) as err:
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         print(f"mimo-lab: error: {err}", file=sys.stderr)
         return 2
 

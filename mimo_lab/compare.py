@@ -1,4 +1,8 @@
-"""Where two traces of the same prompt part ways: the first differing token, and their steps side by side."""
+"""Where two traces of the same prompt part ways: the first differing token, and their steps side by side.
+
+`trace.divergence(other)` is the method; `divergence(a, b)` the function behind it. Positions are absolute
+(the prompt's tokens count), as everywhere in mimo_lab.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import base_layout, shorten
@@ -20,15 +25,20 @@ class Divergence:
 
     a: Trace
     b: Trace
-    position: int | None  # index of the first differing generated token
+    position: int | None  # position of the first differing generated token (prompt_length + its index)
     prefix: str  # the shared text before it
 
     @property
     def identical(self) -> bool:
         return self.position is None
 
+    @property
+    def index(self) -> int | None:
+        """The fork as an index into the traces' generated tokens (position - prompt_length)."""
+        return None if self.position is None else self.position - self.a.prompt_length
+
     def _side(self, trace: Trace) -> dict:
-        i = self.position
+        i = self.index
         if i is None or i >= len(trace):
             return {"token": None, "prob": None, "entropy": None, "alternatives": []}
         return {"token": trace.token_texts[i], "prob": math.exp(float(trace.logprobs[i])),
@@ -64,34 +74,46 @@ class Divergence:
                                 f"b: {self.b.final_answer!r} ({len(self.b)} tokens)"], align="left"),
             cells=dict(values=[frame["a"].tolist(), frame["b"].tolist()], align="left", fill_color=fill)))
         fork = "identical" if self.identical else (
-            f"fork at token {self.position}: {self._side(self.a)['token']!r} vs {self._side(self.b)['token']!r}")
+            f"fork at position {self.position}: {self._side(self.a)['token']!r} vs {self._side(self.b)['token']!r}")
         return base_layout(fig, title or fork, height=min(900, 120 + 28 * len(frame)))
 
     def __repr__(self) -> str:
         if self.identical:
             return f"Divergence(identical, {len(self.a)} tokens)"
         a, b = self._side(self.a), self._side(self.b)
-        return (f"Divergence(at token {self.position}: {a['token']!r} (p={a['prob']}) vs {b['token']!r} "
+        return (f"Divergence(at position {self.position}: {a['token']!r} (p={a['prob']}) vs {b['token']!r} "
                 f"(p={b['prob']}), after {shorten(self.prefix[-40:], 40)!r})")
 
     def _repr_html_(self) -> str:
         if self.identical:
             return "<b>The traces are identical.</b>"
         a, b = self._side(self.a), self._side(self.b)
-        return (f"<div><b>Fork at token {self.position}</b> after …{html.escape(self.prefix[-80:])}<br>"
+        return (f"<div><b>Fork at position {self.position}</b> after …{html.escape(self.prefix[-80:])}<br>"
                 f"a: <code>{html.escape(repr(a['token']))}</code> p={a['prob']:.3f}, entropy {a['entropy']:.3f}; "
                 f"b: <code>{html.escape(repr(b['token']))}</code> p={b['prob']:.3f}, entropy {b['entropy']:.3f}"
                 f"</div>{self.steps()._repr_html_()}")
 
 
-def divergence(a: Trace, b: Trace) -> Divergence:
-    """Compare two traces of the same prompt: where they first differ, and their steps side by side."""
+def divergence(a: Trace, b: Trace, *, _names: tuple[str, str] = ("a", "b")) -> Divergence:
+    """Compare two traces of the same prompt: where they first differ (an absolute position), and their
+    steps side by side. Also `a.divergence(b)`."""
+    for name, trace in zip(_names, (a, b), strict=True):
+        if not isinstance(trace, Trace):
+            raise TypeError(f"{name}={shorten(repr(trace), 60)} ({type(trace).__name__}) is not accepted: a Trace "
+                            "is")
+    if a.tokenizer_fingerprint and b.tokenizer_fingerprint and a.tokenizer_fingerprint != b.tokenizer_fingerprint:
+        raise ValueError(f"{_names[0]} (from {a.model_name or 'unknown'!r}, tokenizer {a.tokenizer_fingerprint}) and "
+                         f"{_names[1]} (from {b.model_name or 'unknown'!r}, tokenizer {b.tokenizer_fingerprint}) were "
+                         "made with different tokenizers: their tokens cannot be compared position by position")
     if a.prompt_text and b.prompt_text and a.prompt_text != b.prompt_text:
-        raise ValueError("the traces answer different prompts: compare samples of the same prompt "
-                         f"({shorten(a.prompt, 40)!r} vs {shorten(b.prompt, 40)!r})")
+        raise ValueError(f"{_names[0]} and {_names[1]} answer different prompts: compare samples of the same prompt "
+                         f"({shorten(a.prompt_display, 40)!r} vs {shorten(b.prompt_display, 40)!r})")
+    if a.prompt_length != b.prompt_length or not torch.equal(a.prompt_ids, b.prompt_ids):
+        raise ValueError(f"{_names[0]} and {_names[1]} have different prompt tokens ({a.prompt_length} vs "
+                         f"{b.prompt_length}): compare samples of the same prompt, tokenized by the same tokenizer")
     ids_a, ids_b = a.token_ids.tolist(), b.token_ids.tolist()
-    position = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y), None)
-    if position is None and len(ids_a) != len(ids_b):
-        position = min(len(ids_a), len(ids_b))
-    prefix = a.text[: int(a.spans[position, 0])] if position is not None and position < len(a) else a.text
-    return Divergence(a, b, position, prefix)
+    index = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y), None)
+    if index is None and len(ids_a) != len(ids_b):
+        index = min(len(ids_a), len(ids_b))
+    prefix = a.text[: int(a.spans[index, 0])] if index is not None and index < len(a) else a.text
+    return Divergence(a, b, None if index is None else a.prompt_length + index, prefix)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import codecs
 import math
+import queue
 import random
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from transformers import (
@@ -29,48 +30,62 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from mimo_lab.checks import MAX_SEED, check_bool, check_choice, check_float, check_int, check_seed, check_str
 from mimo_lab.trace import Trace, tokenizer_fingerprint
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "greedy")
+SOURCES = ("default", "recommended", "user")
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Resolved sampling settings (the card's recommendation, overridden by the caller)."""
+    """Resolved sampling settings, and where they came from (`source`): the card's "default" decoding,
+    its "recommended" sampling, or "user" when the caller set any of them."""
 
     temperature: float
     top_p: float
     top_k: int | None
     max_new_tokens: int
     greedy: bool
+    source: str = "user"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def resolve_sampling(card, *, temperature=None, top_p=None, top_k=None, max_new_tokens=None, greedy=None,
-                     context_length: int | None = None) -> Sampling:
-    """Fill unset settings from the model card and check every value (before any model work).
+                     context_length: int | None = None, base: str = "default") -> Sampling:
+    """Fill unset settings from the card and check every value (before any model work).
 
-    greedy=None follows the card: greedy for a card that says so (MiMo-nano) unless a temperature,
-    top-p or top-k is given; sampling otherwise.
+    base: "default" fills from `card.default_decoding` (generate, stream, Playground), "recommended" from
+    `card.recommended_sampling` (anything that draws several samples). greedy=None follows the base,
+    except that a temperature, top-p or top-k given to a greedy base means sampling.
     """
+    check_choice("base", base, ("default", "recommended"))
+    given = {k: v for k, v in {"temperature": temperature, "top_p": top_p, "top_k": top_k,
+                               "max_new_tokens": max_new_tokens, "greedy": greedy}.items() if v is not None}
+    settings = {**(card.default_decoding if base == "default" else card.recommended_sampling)}
+    greedy = check_bool("greedy", greedy, none_ok=True)
     if greedy is None:
-        greedy = bool(getattr(card, "greedy", False)) and temperature is None and top_p is None and top_k is None
-    temperature = card.temperature if temperature is None else temperature
-    top_p = card.top_p if top_p is None else top_p
-    top_k = card.top_k if top_k is None else top_k
-    max_new_tokens = card.max_new_tokens if max_new_tokens is None else max_new_tokens
-    if not isinstance(greedy, bool):
-        raise ValueError(f"greedy must be True or False, got {greedy!r}")
-    if not greedy and (not isinstance(temperature, int | float) or not temperature > 0 or math.isinf(temperature)):
-        raise ValueError(f"temperature {temperature!r} is not allowed: use a number > 0, or greedy=True")
-    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p {top_p!r} is not allowed: use a number in (0, 1]")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k {top_k!r} is not allowed: use an integer >= 1, or None for no limit")
-    limit = context_length or 10**9
-    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= limit:
-        raise ValueError(f"max_new_tokens {max_new_tokens!r} is not allowed: use an integer from 1 to {limit}")
-    return Sampling(float(temperature), float(top_p), top_k, max_new_tokens, greedy)
+        greedy = bool(settings["greedy"]) and temperature is None and top_p is None and top_k is None
+    # greedy decoding reads no temperature, so 0 (a common way to say "greedy") is accepted with it
+    temperature = check_float("temperature", settings["temperature"] if temperature is None else temperature,
+                              **({"minimum": 0.0} if greedy else {"above": 0.0}))
+    top_p = check_float("top_p", settings["top_p"] if top_p is None else top_p, above=0.0, maximum=1.0)
+    top_k = check_int("top_k", settings["top_k"] if top_k is None else top_k, minimum=1, none_ok=True)
+    max_new_tokens = check_int("max_new_tokens", settings["max_new_tokens"] if max_new_tokens is None
+                               else max_new_tokens, minimum=1, maximum=context_length or None)
+    return Sampling(temperature, top_p, top_k, max_new_tokens, greedy, "user" if given else base)
+
+
+def sampling_from_record(card, record: dict, *, context_length: int | None = None) -> Sampling:
+    """The Sampling a Trace recorded (`trace.sampling`), checked; its source kept."""
+    missing = [k for k in SAMPLING_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"the trace's sampling record lacks {', '.join(missing)}: it cannot be regenerated exactly")
+    resolved = resolve_sampling(card, context_length=context_length, **{k: record[k] for k in SAMPLING_KEYS})
+    source = record.get("source", "user")
+    return replace(resolved, source=source if source in SOURCES else "user")
 
 
 class TokenDecoder:
@@ -329,7 +344,7 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
         prompt_ids = input_ids[row][attention_mask[row].bool()].cpu()
         top_ids = records["top_ids"][row, :n] if records else torch.zeros(0, top_alternatives, dtype=torch.long)
         trace = Trace(
-            prompt=prompts[row] if isinstance(prompts[row], str) else str(prompts[row]),
+            prompt=_copy_prompt(prompts[row]),
             text=text,
             token_ids=torch.tensor(ids, dtype=torch.long),
             token_texts=[text[s:e] for s, e in spans],
@@ -390,7 +405,7 @@ def generate_remote(lab, prompt_texts: list[str], prompts: list, *, sampling: Sa
             chosen = logprobs.gather(-1, full[0, start:, None].to(logprobs.device))[:, 0].save()
         text_out, spans = decoder.decode_with_spans(generated)
         traces.append(Trace(
-            prompt=prompt if isinstance(prompt, str) else str(prompt), text=text_out,
+            prompt=_copy_prompt(prompt), text=text_out,
             token_ids=torch.tensor(generated, dtype=torch.long), token_texts=[text_out[s:e] for s, e in spans],
             spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2), logprobs=chosen.cpu(),
             entropies=entropy.cpu(), model_entropies=entropy.cpu(), top_ids=top_indices.cpu(),
@@ -403,38 +418,64 @@ def generate_remote(lab, prompt_texts: list[str], prompts: list, *, sampling: Sa
     return traces
 
 
+def check_position(trace: Trace, position, name: str = "position") -> int:
+    """A position to resample from: one of the trace's generated tokens, or its end (continue it)."""
+    first, end = trace.prompt_length, trace.prompt_length + len(trace)
+    position = check_int(name, position)
+    if position < first:
+        raise ValueError(f"{name}={position} is inside the prompt (positions 0 to {first - 1}): a generated "
+                         f"token's position, {first} to {end}, is accepted ({end}: continue after the last token)")
+    if position > end:
+        raise ValueError(f"{name}={position} is past the end of the trace: its generated tokens are at positions "
+                         f"{first} to {end - 1}; {first} to {end} is accepted")
+    return position
+
+
 def resample_from(model, tokenizer, trace: Trace, position: int, *, sampling: Sampling, seed: int,
                   with_mtp: bool = False, stop_event: threading.Event | None = None,
-                  on_token: Callable[[StreamToken], None] | None = None) -> Trace:
-    """A new Trace that keeps `trace`'s first `position` tokens (and their analytics) and samples the rest."""
-    if not isinstance(position, int) or not 0 <= position <= len(trace):
-        raise ValueError(f"position {position!r} out of range: the trace has {len(trace)} tokens (0–{len(trace)})")
-    prefix_ids = trace.token_ids[:position].tolist()
+                  on_token: Callable[[StreamToken], None] | None = None, model_name: str | None = None,
+                  revision: str | None = None, meta: dict | None = None) -> Trace:
+    """A new Trace that keeps `trace`'s tokens before `position` (their analytics too) and samples from there.
+
+    position: absolute (the prompt's tokens count), prompt_length .. prompt_length + len(trace).
+    meta: the new trace's meta (default: the old one's, with `resampled_from` = this position and origin seed).
+    """
+    position = check_position(trace, position)
+    keep = position - trace.prompt_length  # generated tokens kept
+    prefix_ids = trace.token_ids[:keep].tolist()
+    name = trace.model_name if model_name is None else model_name
     tail = generate_traces(model, tokenizer, [trace.prompt_text], [trace.prompt], sampling=sampling, seeds=[seed],
-                           model_name=trace.model_name, revision=trace.revision, with_mtp=False,
+                           model_name=name, revision=revision, with_mtp=False,
                            top_alternatives=trace.top_ids.shape[1] if trace.top_ids.dim() == 2 else 5,
                            input_ids=[trace.prompt_ids.tolist() + prefix_ids], stop_event=stop_event,
                            on_token=on_token)[0]
     ids = prefix_ids + tail.token_ids.tolist()
     text, spans = TokenDecoder(tokenizer).decode_with_spans(ids)
+    if meta is None:
+        meta = {**trace.meta, "resampled_from": {"position": position, "prompt_length": trace.prompt_length,
+                                                 "seed": trace.seed, "sampling": dict(trace.sampling)}}
     joined = Trace(
-        prompt=trace.prompt, text=text, token_ids=torch.tensor(ids, dtype=torch.long),
+        prompt=_copy_prompt(trace.prompt), text=text, token_ids=torch.tensor(ids, dtype=torch.long),
         token_texts=[text[s:e] for s, e in spans], spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2),
-        logprobs=torch.cat([trace.logprobs[:position], tail.logprobs]),
-        entropies=torch.cat([trace.entropies[:position], tail.entropies]),
-        model_entropies=torch.cat([trace.model_entropies[:position], tail.model_entropies]),
-        top_ids=torch.cat([trace.top_ids[:position], tail.top_ids]),
-        top_logprobs=torch.cat([trace.top_logprobs[:position], tail.top_logprobs]),
-        top_texts=trace.top_texts[:position] + tail.top_texts, finish_reason=tail.finish_reason,
-        prompt_text=trace.prompt_text, prompt_ids=trace.prompt_ids, model_name=trace.model_name,
-        revision=trace.revision, sampling=sampling.as_dict(), seed=seed, think_start=trace.think_start,
-        think_end=trace.think_end,
-        meta={**trace.meta, "resampled_from": {"position": position, "seed": trace.seed}},
+        logprobs=torch.cat([trace.logprobs[:keep], tail.logprobs]),
+        entropies=torch.cat([trace.entropies[:keep], tail.entropies]),
+        model_entropies=torch.cat([trace.model_entropies[:keep], tail.model_entropies]),
+        top_ids=torch.cat([trace.top_ids[:keep], tail.top_ids]),
+        top_logprobs=torch.cat([trace.top_logprobs[:keep], tail.top_logprobs]),
+        top_texts=trace.top_texts[:keep] + tail.top_texts, finish_reason=tail.finish_reason,
+        prompt_text=trace.prompt_text, prompt_ids=trace.prompt_ids, model_name=name,
+        revision=trace.revision if revision is None else revision, sampling=sampling.as_dict(), seed=seed,
+        think_start=trace.think_start, think_end=trace.think_end, meta=meta,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
     if with_mtp and len(ids):
         joined.mtp = mtp_analytics(model, trace.prompt_ids, joined.token_ids)
     return joined
+
+
+def _copy_prompt(prompt):
+    """A trace keeps its own copy of chat messages (a caller editing its list later changes nothing)."""
+    return [dict(m) for m in prompt] if isinstance(prompt, list | tuple) else prompt
 
 
 @torch.no_grad()
@@ -458,3 +499,247 @@ def mtp_analytics(model, prompt_ids: torch.Tensor, token_ids: torch.Tensor) -> d
     has_target = torch.arange(n) + 2 < n
     out["hit"][has_target] = (out["pred_id"][has_target] == token_ids[2:]).long()
     return out
+
+
+# ----------------------------------------------------------------------------- what Lab's methods call
+# Lab.generate / stream / regenerate / resample / format_prompt are thin delegates to these.
+
+
+def check_prompt(prompt, name: str = "prompt") -> str | list[dict]:
+    """A non-empty string, or a non-empty list of chat messages ({'role': str, 'content': str})."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError(f"{name}='' is empty: a non-empty string or a list of chat messages is accepted")
+        return prompt
+    if not isinstance(prompt, list | tuple) or not prompt or not all(isinstance(m, dict) for m in prompt):
+        raise TypeError(f"{name}={_show(prompt)} ({type(prompt).__name__}) is not accepted: a non-empty string or "
+                        "a list of chat messages ({'role': ..., 'content': ...}) is")
+    for i, message in enumerate(prompt):
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"{name}[{i}]={_show(message)} has no {key!r}: every chat message needs a 'role' "
+                                 "and a 'content' string")
+            if not isinstance(message[key], str):
+                raise TypeError(f"{name}[{i}][{key!r}]={_show(message[key])} ({type(message[key]).__name__}) is "
+                                "not accepted: a string is")
+    if not any(m["content"] for m in prompt):
+        raise ValueError(f"{name}: every message's 'content' is empty: at least one non-empty message is accepted")
+    return _copy_prompt(list(prompt))
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_trace(trace, name: str = "trace") -> Trace:
+    if not isinstance(trace, Trace):
+        raise TypeError(f"{name}={_show(trace)} ({type(trace).__name__}) is not accepted: a Trace (from "
+                        "Lab.generate or Trace.load) is")
+    return trace
+
+
+def format_prompt(lab, prompt, system: str | None = None) -> str:
+    """The text the model sees: the chat template applied, the assistant turn opened."""
+    prompt = check_prompt(prompt)
+    system = check_str("system", system, empty_ok=True, none_ok=True)
+    if isinstance(prompt, str):
+        system = lab.card.system_prompt if system is None else system
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": prompt}]
+    else:
+        if system is not None:
+            raise ValueError(f"system={_show(system)} is for a string prompt: with chat messages, put a "
+                             "{'role': 'system', ...} message first in the list")
+        messages = prompt
+    if lab.tokenizer.chat_template:
+        return lab.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if lab.card.chat_format == "chatml":
+        body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return body + "<|im_start|>assistant\n"
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def check_sampling(lab, sampling: dict, base: str = "default") -> Sampling:
+    """Sampling keyword arguments checked and completed from the lab's card (see `resolve_sampling`)."""
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise TypeError(f"unknown sampling setting(s) {unknown}: {', '.join(SAMPLING_KEYS)} are accepted")
+    return resolve_sampling(lab.card, context_length=lab.card.context_length, base=base, **sampling)
+
+
+def _with_mtp(lab, mtp) -> bool:
+    mtp = check_bool("mtp", mtp, none_ok=True)
+    return lab.has_mtp if mtp is None else bool(mtp and lab.has_mtp)
+
+
+def _add_special_tokens(lab) -> bool:
+    return not lab.tokenizer.chat_template
+
+
+def generate(lab, prompt_or_prompts, *, seed=None, mtp: bool | None = None, batch_size: int = 16,
+             system: str | None = None, preset: str = "default", **sampling) -> Trace | list[Trace]:
+    """See `Lab.generate`."""
+    single = isinstance(prompt_or_prompts, str) or (
+        isinstance(prompt_or_prompts, list | tuple) and bool(prompt_or_prompts)
+        and isinstance(prompt_or_prompts[0], dict))
+    if single:
+        prompts = [check_prompt(prompt_or_prompts)]
+    elif isinstance(prompt_or_prompts, list | tuple):
+        if not prompt_or_prompts:
+            raise ValueError("prompt=[] is empty: a string, a list of chat messages, or a non-empty list of them "
+                             "is accepted")
+        prompts = [check_prompt(p, f"prompt[{i}]") for i, p in enumerate(prompt_or_prompts)]
+    else:
+        prompts = [check_prompt(prompt_or_prompts)]  # raises the TypeError naming `prompt`
+    if isinstance(seed, list | tuple):
+        if len(seed) != len(prompts):
+            raise ValueError(f"seed has {len(seed)} seeds for {len(prompts)} prompts: one per prompt is accepted")
+        seeds = [check_seed(f"seed[{i}]", s, none_ok=False) for i, s in enumerate(seed)]
+    else:
+        base = check_seed("seed", seed)
+        if base is not None and base + len(prompts) - 1 > MAX_SEED:
+            raise ValueError(f"seed={base} is out of range for {len(prompts)} prompts (prompt i uses seed + i): "
+                             f"an integer from 0 to {MAX_SEED - len(prompts) + 1} is accepted")
+        seeds = None if base is None else [base + i for i in range(len(prompts))]
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    with_mtp = _with_mtp(lab, mtp)
+    settings = check_sampling(lab, sampling, base=check_choice("preset", preset, ("default", "recommended")))
+    texts = [format_prompt(lab, p, system) for p in prompts]
+    if seeds is None:
+        base = draw_seed()
+        seeds = [base + i for i in range(len(prompts))]
+    with lab._lock:
+        if lab.remote:
+            traces = generate_remote(lab, texts, prompts, sampling=settings, seeds=seeds)
+        else:
+            lab._need_weights("generation")
+            traces = []
+            for start in range(0, len(prompts), batch_size):
+                part = slice(start, start + batch_size)
+                traces += generate_traces(
+                    lab.model, lab.tokenizer, texts[part], prompts[part], sampling=settings, seeds=seeds[part],
+                    model_name=lab.name, revision=lab.revision, card=lab.card, with_mtp=with_mtp,
+                    add_special_tokens=_add_special_tokens(lab))
+    return traces[0] if single else traces
+
+
+def stream(lab, prompt, *, seed=None, system: str | None = None, mtp: bool | None = None,
+           **sampling) -> Iterator[StreamToken]:
+    """See `Lab.stream`. Every argument is checked here, before the first token is asked for."""
+    prompt = check_prompt(prompt)
+    seed = check_seed("seed", seed)
+    with_mtp = _with_mtp(lab, mtp)
+    settings = check_sampling(lab, sampling)
+    text = format_prompt(lab, prompt, system)
+    lab._need_weights("streaming")
+    lab.last_trace = None
+    return _stream_tokens(lab, text, prompt, settings, draw_seed() if seed is None else seed, with_mtp)
+
+
+def _stream_tokens(lab, text: str, prompt, settings: Sampling, seed: int, with_mtp: bool) -> Iterator[StreamToken]:
+    tokens: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    done = object()
+    result: dict = {}
+
+    def worker():
+        try:
+            with lab._lock:
+                # the MTP pass runs once over the finished trace, after the last token was streamed
+                result["trace"] = generate_traces(
+                    lab.model, lab.tokenizer, [text], [prompt], sampling=settings, seeds=[seed],
+                    model_name=lab.name, revision=lab.revision, card=lab.card, with_mtp=with_mtp,
+                    on_token=tokens.put, stop_event=stop, add_special_tokens=_add_special_tokens(lab))[0]
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            result["error"] = err
+        finally:
+            tokens.put(done)
+
+    thread = threading.Thread(target=worker, name="mimo-lab-stream", daemon=True)
+    thread.start()
+    try:
+        while (item := tokens.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        lab.last_trace = result.get("trace")
+    if "error" in result:
+        raise result["error"]
+
+
+def regenerate(lab, trace: Trace, **overrides) -> Trace:
+    """See `Lab.regenerate`: the same prompt tokens, sampling and seed; a resampled trace is resampled again
+    from its recorded position (its kept tokens are in the trace itself)."""
+    check_trace(trace)
+    if trace.model_name and trace.model_name != lab.name:
+        raise ValueError(f"the trace came from {trace.model_name!r}, this Lab holds {lab.name!r}: "
+                         f"load that model to regenerate it")
+    if trace.seed is None:
+        raise ValueError("the trace has no seed recorded: it cannot be regenerated exactly")
+    unknown = sorted(set(overrides) - set(SAMPLING_KEYS))
+    if unknown:
+        raise TypeError(f"unknown sampling setting(s) {unknown}: {', '.join(SAMPLING_KEYS)} are accepted")
+    if overrides:
+        record = {k: trace.sampling.get(k) for k in SAMPLING_KEYS}
+        settings = check_sampling(lab, {**{k: v for k, v in record.items() if v is not None}, **overrides})
+    else:
+        settings = sampling_from_record(lab.card, trace.sampling, context_length=lab.card.context_length)
+    origin = trace.meta.get("resampled_from")
+    if origin is not None and not (isinstance(origin, dict) and isinstance(origin.get("position"), int)):
+        raise ValueError(f"the trace's meta['resampled_from']={_show(origin)} records no position: the resample "
+                         "it came from cannot be re-run")
+    if trace.prompt_ids.numel():
+        prompt_ids = trace.prompt_ids
+    elif trace.prompt_text:
+        prompt_ids = torch.tensor(lab.tokenizer(trace.prompt_text, add_special_tokens=_add_special_tokens(lab))
+                                  ["input_ids"], dtype=torch.long)
+    else:
+        raise ValueError("the trace records neither its prompt's token ids nor its prompt text: it cannot be "
+                         "regenerated")
+    start = None  # the position the resample began at
+    if origin is not None:
+        # traces saved before positions counted the prompt recorded a generated-token index (and no prompt_length)
+        start = origin["position"] + (0 if "prompt_length" in origin else int(prompt_ids.numel()))
+    if trace.meta.get("analytics") == "second pass" and not settings.greedy:
+        raise ValueError("the trace was sampled by remote execution (transformers' own sampler, seeded on the "
+                         "server): only its greedy traces can be regenerated exactly")
+    if trace.finish_reason == "stopped" and "max_new_tokens" not in overrides:
+        # stopped by hand after these tokens: the same seed gives the same tokens up to there (each row's
+        # uniforms are drawn up front, and a shorter draw is a prefix of a longer one)
+        kept = 0 if start is None else start - int(prompt_ids.numel())
+        settings = replace(settings, max_new_tokens=max(1, len(trace) - kept))
+    lab._need_weights("regenerate")
+    with_mtp = trace.mtp is not None and lab.has_mtp
+    with lab._lock:
+        if origin is not None:
+            source = replace(trace, prompt_ids=prompt_ids)
+            return resample_from(lab.model, lab.tokenizer, source, start, sampling=settings,
+                                 seed=trace.seed, with_mtp=with_mtp, model_name=lab.name, revision=lab.revision,
+                                 meta=dict(trace.meta))
+        again = generate_traces(lab.model, lab.tokenizer, [trace.prompt_text], [trace.prompt], sampling=settings,
+                                seeds=[trace.seed], model_name=lab.name, revision=lab.revision, card=lab.card,
+                                with_mtp=with_mtp, input_ids=[prompt_ids.tolist()])[0]
+    again.meta = dict(trace.meta)
+    return again
+
+
+def resample(lab, trace: Trace, position: int, *, seed=None, mtp: bool | None = None, **sampling) -> Trace:
+    """See `Lab.resample`."""
+    from mimo_lab.probe.inputs import check_tokenizer  # local: probe imports generation
+
+    check_trace(trace)
+    check_tokenizer(lab, trace)
+    position = check_position(trace, position)
+    seed = check_seed("seed", seed)
+    with_mtp = _with_mtp(lab, mtp)
+    settings = check_sampling(lab, sampling, base="recommended")
+    if not trace.prompt_ids.numel():
+        raise ValueError("the trace has no prompt token ids (was it built by Lab.generate?): there is nothing to "
+                         "continue from")
+    lab._need_weights("resample")
+    with lab._lock:
+        return resample_from(lab.model, lab.tokenizer, trace, position, sampling=settings,
+                             seed=draw_seed() if seed is None else seed, with_mtp=with_mtp, model_name=lab.name,
+                             revision=lab.revision)

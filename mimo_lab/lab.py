@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import struct
 import threading
 from collections.abc import Iterator
@@ -18,14 +17,17 @@ from pathlib import Path
 import torch
 
 from mimo_lab import generation
+from mimo_lab.checks import check_bool, check_int
 from mimo_lab.models.cards import NANO_CARD, ModelCard, card_for
 from mimo_lab.models.mimo import MiMoConfig, MiMoForCausalLM
 from mimo_lab.nano import CHECKPOINT as NANO_CHECKPOINT
 from mimo_lab.nano import NAME as NANO_NAME
 from mimo_lab.trace import Trace
 
-_SAMPLING_KEYS = {"temperature", "top_p", "top_k", "max_new_tokens", "greedy"}
+_SAMPLING_KEYS = set(generation.SAMPLING_KEYS)
 NANO_ALIASES = {None, "nano", "mimo-nano", NANO_NAME.lower()}
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice, before mimo_lab changes it
+SMALL_MODEL_PARAMS = 50_000_000  # below this, on the CPU, one thread is fastest (see benchmarks/threads.py)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -69,13 +71,16 @@ def _offline() -> bool:
 def resolve_checkpoint(name_or_path: str, revision: str | None = None) -> Path:
     """A local folder holding config.json: the folder itself, or the hub id's cached snapshot."""
     path = Path(name_or_path).expanduser()
+    name_or_path = str(name_or_path)
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{name_or_path!r} is a file: pass the checkpoint folder (the one holding config.json)")
         if not (path / "config.json").is_file():
             raise ValueError(f"folder {str(path)!r} has no config.json: it is not a model checkpoint")
         return path
-    if name_or_path.count("/") != 1 or name_or_path.startswith(("/", ".", "~")):
+    if name_or_path.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"checkpoint folder {name_or_path!r} does not exist")
+    if name_or_path.count("/") != 1:
         raise ValueError(f"{name_or_path!r} is neither an existing folder nor a hub id of the form 'owner/name'")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -148,8 +153,9 @@ class Lab:
     """A model ready to look into: `.model` (torch), `.tokenizer`, `.card`, `.nn` (nnsight)."""
 
     def __init__(self, model, tokenizer, card: ModelCard, name: str, revision: str | None = None, *,
-                 remote: bool | str = False, has_weights: bool = True):
+                 remote: bool | str = False, has_weights: bool = True, threads: int | None = None):
         self.model = model
+        self.threads = torch.get_num_threads() if threads is None else threads
         self.tokenizer = tokenizer
         self.card = card
         self.name = name
@@ -172,7 +178,7 @@ class Lab:
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
         return (f"Lab({self.name!r}, {params / 1e6:.1f}M parameters, {self.model.config.num_hidden_layers} layers, "
-                f"device={self.device}, dtype={self.model.dtype})")
+                f"device={self.device}, dtype={self.model.dtype}, threads={self.threads})")
 
     @property
     def device(self) -> torch.device:
@@ -202,134 +208,55 @@ class Lab:
     # ------------------------------------------------------------------ prompts
     def format_prompt(self, prompt: str | list[dict], system: str | None = None) -> str:
         """The text the model sees: the chat template applied, the assistant turn opened."""
-        if isinstance(prompt, str):
-            system = self.card.system_prompt if system is None else system
-            messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-                {"role": "user", "content": prompt}]
-        elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
-            messages = prompt
-        else:
-            raise ValueError(f"prompt must be a string or a list of chat messages ({{'role', 'content'}}), "
-                             f"got {type(prompt).__name__}")
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if self.card.chat_format == "chatml":
-            body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-            return body + "<|im_start|>assistant\n"
-        return "\n\n".join(m["content"] for m in messages)
+        return generation.format_prompt(self, prompt, system)
 
-    def _sampling(self, sampling: dict) -> generation.Sampling:
-        unknown = set(sampling) - _SAMPLING_KEYS
-        if unknown:
-            raise ValueError(f"unknown sampling setting(s) {sorted(unknown)}: use {sorted(_SAMPLING_KEYS)}")
-        return generation.resolve_sampling(self.card, context_length=self.card.context_length, **sampling)
+    def _sampling(self, sampling: dict, base: str = "default") -> generation.Sampling:
+        """Sampling keyword arguments checked and completed from the card (base: "default" / "recommended")."""
+        return generation.check_sampling(self, sampling, base)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompt_or_prompts, *, seed: int | None = None, mtp: bool | None = None,
-                 batch_size: int = 16, system: str | None = None, **sampling) -> Trace | list[Trace]:
+    # (thin delegates to mimo_lab.generation)
+
+    def generate(self, prompt_or_prompts: str | list, *, seed: int | list[int] | None = None,
+                 mtp: bool | None = None, batch_size: int = 16, system: str | None = None,
+                 preset: str = "default", **sampling) -> Trace | list[Trace]:
         """Generate a Trace (a list of them for a list of prompts) with per-token analytics.
 
-        sampling: temperature, top_p, top_k, max_new_tokens, greedy (defaults: the card's).
+        prompt_or_prompts: a string, a list of chat messages ({'role', 'content'}), or a list of either.
+        sampling: temperature, top_p, top_k, max_new_tokens, greedy (default: `card.default_decoding`;
+            recorded in `trace.sampling` with its source, "default" or "user").
         seed: the sample's seed (prompt i of a list uses seed + i, or seed[i] for a list of seeds);
             None draws one (recorded in the Trace).
         mtp: run the MTP head over the finished trace (default: when the model has one).
+        system: the system prompt for a string prompt (default: the card's).
+        preset: where unset settings come from: "default" (`card.default_decoding`) or "recommended"
+            (`card.recommended_sampling`, for drawing several samples; recorded as source "recommended").
         """
-        single = isinstance(prompt_or_prompts, str) or (
-            isinstance(prompt_or_prompts, list) and prompt_or_prompts and isinstance(prompt_or_prompts[0], dict))
-        prompts = [prompt_or_prompts] if single else list(prompt_or_prompts)
-        if not prompts:
-            raise ValueError("no prompts given: pass a string or a non-empty list of strings")
-        if isinstance(seed, list | tuple):
-            if len(seed) != len(prompts) or not all(isinstance(s, int) and s >= 0 for s in seed):
-                raise ValueError(f"seed list {seed!r} is not allowed: give one non-negative integer per prompt "
-                                 f"({len(prompts)})")
-        elif seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed {seed!r} is not allowed: use a non-negative integer, a list of them, or None")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size {batch_size!r} is not allowed: use an integer >= 1")
-        settings = self._sampling(sampling)
-        texts = [self.format_prompt(p, system) for p in prompts]
-        if isinstance(seed, list | tuple):
-            seeds = list(seed)
-        else:
-            base = generation.draw_seed() if seed is None else seed
-            seeds = [base + i for i in range(len(prompts))]
-        with_mtp = self.has_mtp if mtp is None else bool(mtp and self.has_mtp)
-        if self.remote:
-            return self._generate_remote(prompts, texts, settings, seeds, single)
-        self._need_weights("generation")
-        traces: list[Trace] = []
-        with self._lock:
-            for start in range(0, len(prompts), batch_size):
-                part = slice(start, start + batch_size)
-                traces += generation.generate_traces(
-                    self.model, self.tokenizer, texts[part], prompts[part], sampling=settings, seeds=seeds[part],
-                    model_name=self.name, revision=self.revision, card=self.card, with_mtp=with_mtp,
-                    add_special_tokens=not self.tokenizer.chat_template)
-        return traces[0] if single else traces
-
-    def _generate_remote(self, prompts, texts, settings, seeds, single):
-        with self._lock:
-            traces = generation.generate_remote(self, texts, prompts, sampling=settings, seeds=seeds)
-        return traces[0] if single else traces
+        return generation.generate(self, prompt_or_prompts, seed=seed, mtp=mtp, batch_size=batch_size,
+                                   system=system, preset=preset, **sampling)
 
     def regenerate(self, trace: Trace, **overrides) -> Trace:
-        """Generate again from a (saved) trace's prompt, sampling settings and seed."""
-        if trace.model_name and trace.model_name != self.name:
-            raise ValueError(f"the trace came from {trace.model_name!r}, this Lab holds {self.name!r}: "
-                             f"load that model to regenerate it")
-        if trace.seed is None:
-            raise ValueError("the trace has no seed recorded: it cannot be regenerated exactly")
-        sampling = {k: v for k, v in trace.sampling.items() if k in _SAMPLING_KEYS}
-        sampling.update(overrides)
-        return self.generate(trace.prompt, seed=trace.seed, mtp=trace.mtp is not None, **sampling)
+        """Generate again from a (saved) trace's prompt tokens, sampling settings and seed: the same tokens.
+        A resampled trace is resampled again from its recorded position."""
+        return generation.regenerate(self, trace, **overrides)
 
     def resample(self, trace: Trace, position: int, *, seed: int | None = None, mtp: bool | None = None,
                  **sampling) -> Trace:
-        """Keep the trace's first `position` tokens and sample the rest again ("resample from here")."""
-        settings = self._sampling(sampling or {k: v for k, v in trace.sampling.items() if k in _SAMPLING_KEYS})
-        seed = generation.draw_seed() if seed is None else seed
-        with_mtp = self.has_mtp if mtp is None else bool(mtp and self.has_mtp)
-        with self._lock:
-            return generation.resample_from(self.model, self.tokenizer, trace, position, sampling=settings,
-                                            seed=seed, with_mtp=with_mtp)
+        """Keep the trace's tokens before `position` and sample from there on ("resample from here").
+
+        position: absolute, as everywhere (prompt tokens first): `trace.prompt_length` (resample every
+            generated token) to `trace.prompt_length + len(trace)` (continue after the last one); the
+            index of `trace.tokens` and `trace.forking_tokens()`.
+        sampling: default `card.recommended_sampling` (drawing another sample; greedy would repeat the trace).
+        """
+        return generation.resample(self, trace, position, seed=seed, mtp=mtp, **sampling)
 
     def stream(self, prompt: str | list[dict], *, seed: int | None = None, system: str | None = None,
-               **sampling) -> Iterator[generation.StreamToken]:
-        """Yield tokens as they are generated. Leaving the loop early stops generation at once;
-        the finished Trace is then at `lab.last_trace`."""
-        settings = self._sampling(sampling)
-        text = self.format_prompt(prompt, system)
-        seed = generation.draw_seed() if seed is None else seed
-        self.last_trace = None
-        tokens: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        done = object()
-        result: dict = {}
-
-        def worker():
-            try:
-                with self._lock:
-                    result["trace"] = generation.generate_traces(
-                        self.model, self.tokenizer, [text], [prompt], sampling=settings, seeds=[seed],
-                        model_name=self.name, revision=self.revision, card=self.card, with_mtp=False,
-                        on_token=tokens.put, stop_event=stop, add_special_tokens=not self.tokenizer.chat_template)[0]
-            except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
-                result["error"] = err
-            finally:
-                tokens.put(done)
-
-        thread = threading.Thread(target=worker, name="mimo-lab-stream", daemon=True)
-        thread.start()
-        try:
-            while (item := tokens.get()) is not done:
-                yield item
-        finally:
-            stop.set()
-            thread.join()
-            self.last_trace = result.get("trace")
-        if "error" in result:
-            raise result["error"]
+               mtp: bool | None = None, **sampling) -> Iterator[generation.StreamToken]:
+        """Yield tokens as they are generated (arguments checked at the call, not at the first token).
+        Leaving the loop early stops generation at once; the finished Trace, with the same analytics as
+        `generate` (MTP included), is then at `lab.last_trace`."""
+        return generation.stream(self, prompt, seed=seed, system=system, mtp=mtp, **sampling)
 
     last_trace: Trace | None = None
 
@@ -421,6 +348,28 @@ class Lab:
 # ----------------------------------------------------------------------------- load
 
 
+def _env_threads() -> int | None:
+    env = os.environ.get("MIMO_LAB_THREADS")
+    if not env:
+        return None
+    try:
+        return check_int("MIMO_LAB_THREADS", int(env), minimum=1)
+    except ValueError as err:
+        raise ValueError(f"MIMO_LAB_THREADS={env!r} is not accepted: a whole number >= 1 is") from err
+
+
+def choose_threads(threads: int | None, model, device: torch.device | None) -> int:
+    """CPU threads for torch: `threads`, else $MIMO_LAB_THREADS, else 1 for a model under 50M parameters
+    on the CPU (more threads only add synchronisation there, and under CPU contention torch's default
+    made MiMo-nano's generation 10-20x slower), else torch's default."""
+    threads = _env_threads() if threads is None else threads
+    if threads is not None:
+        return threads
+    params = sum(p.numel() for p in model.parameters())
+    on_cpu = device is not None and device.type == "cpu"
+    return 1 if on_cpu and params < SMALL_MODEL_PARAMS else _TORCH_DEFAULT_THREADS
+
+
 def plan_device_map(config, max_memory: dict, dtype=torch.bfloat16) -> dict[str, int | str]:
     """Where each module of a model would go across devices (accelerate's planner, nothing loaded).
 
@@ -450,7 +399,7 @@ def _placement(device, device_map) -> tuple[torch.device | None, dict | str | No
 
 def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = None, dtype=None,
          revision: str | None = None, device_map: dict | str | None = None, remote: bool | str = False,
-         weights: bool = True) -> Lab:
+         weights: bool = True, threads: int | None = None) -> Lab:
     """Load a model into a Lab. No argument: MiMo-nano on the CPU, offline.
 
     name_or_path: a local checkpoint folder, or a hub id (read from the local cache when offline).
@@ -460,9 +409,17 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     remote: True runs every trace on NDIF (nnsight remote execution; set NDIF_API_KEY), "local"
         simulates that round trip on this machine; False (default) runs here.
     weights: False loads config, tokenizer and card only (for the vLLM backend, which loads its own).
+    threads: torch's CPU threads (process-wide; default $MIMO_LAB_THREADS, else 1 for a model under 50M
+        parameters on the CPU, else torch's default); shown in the Lab's repr.
     """
     from transformers import AutoTokenizer, GenerationConfig
 
+    if name_or_path is not None and not isinstance(name_or_path, str | os.PathLike):
+        raise TypeError(f"name_or_path={name_or_path!r} ({type(name_or_path).__name__}) is not accepted: a "
+                        "checkpoint folder, a hub id ('owner/name') or None (MiMo-nano) is")
+    threads = check_int("threads", threads, minimum=1, none_ok=True)
+    _env_threads()  # a bad $MIMO_LAB_THREADS is refused before anything loads
+    weights = check_bool("weights", weights)
     if remote not in (False, True, "local"):
         raise ValueError(f"remote {remote!r} is not allowed: use False, True (NDIF) or 'local' (simulated)")
     torch_device, map_spec = _placement(device, device_map)
@@ -481,13 +438,20 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     else:
         name = str(name_or_path)
         folder = resolve_checkpoint(name, revision)
-    config_dict = json.loads((folder / "config.json").read_text())
+    try:
+        config_dict = json.loads((folder / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(folder / 'config.json')!r} is corrupt: it is not JSON ({err})") from err
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{str(folder / 'config.json')!r} is corrupt: it holds a {type(config_dict).__name__}, "
+                         "not a JSON object")
     model_type = config_dict.get("model_type")
     config_class, model_class = _model_class(model_type, folder)
 
     config = config_class.from_pretrained(folder, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    if remote is True or not weights:
+    has_weights = weights and remote is not True
+    if not has_weights:
         from accelerate import init_empty_weights
 
         with init_empty_weights():  # no weights here: NDIF (or vLLM) holds them
@@ -518,4 +482,6 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     # a folder written by `mimo-lab nano train` (the shipped one or a retrain) is a MiMo-nano
     trained_nano = is_nano or (folder / "train_settings.json").is_file()
     card = NANO_CARD if trained_nano else card_for(name, config, tokenizer, generation_config)
-    return Lab(model, tokenizer, card, name, revision, remote=remote, has_weights=weights and remote is not True)
+    chosen = choose_threads(threads, model, torch_device if has_weights else None)
+    torch.set_num_threads(chosen)
+    return Lab(model, tokenizer, card, name, revision, remote=remote, has_weights=has_weights, threads=chosen)

@@ -232,8 +232,13 @@ def segment(text: str, *, kind: str = "sentence", labeller: Callable[[str, int, 
 
     offset: where `text` starts inside `full_text` (spans are given in `full_text`'s offsets).
     """
-    if kind not in ("sentence", "step"):
-        raise ValueError(f"kind must be 'sentence' or 'step', got {kind!r}")
+    from mimo_lab.checks import check_choice, check_str
+
+    check_str("text", text, empty_ok=True)
+    check_choice("kind", kind, ("sentence", "step"))
+    if labeller is not None and not callable(labeller):
+        raise TypeError(f"labeller={labeller!r} is not accepted: a callable (sentence, index, count) -> label, "
+                        "or None, is")
     labeller = labeller or DEFAULT_LABELLER
     spans = _split(text, _SENTENCE_END if kind == "sentence" else _STEP_END)
     segments = []

@@ -1,6 +1,13 @@
 """Trace: one generated reasoning trace with per-token analytics, its think/answer split; save/load.
 
-Per generated token (position i, in generation order):
+Positions: a *position* indexes the full token sequence the model reads, the prompt's tokens first
+(0 .. prompt_length - 1), then the generated ones (prompt_length .. prompt_length + n - 1). Every
+position a Trace reports or accepts (`tokens`'s index, `forking_tokens()`, `token_at`, `divergence`,
+`Lab.resample`) is such a position, the same as the rows of `Lab.capture` and the query/key index of
+attention, so a position from one call goes into any other unchanged. The per-token tensors below
+are indexed by *generated-token index* i = position - prompt_length.
+
+Per generated token i, in generation order:
 - `token_ids[i]`, `token_texts[i]`, `spans[i]` = (start, end) character span in `text`;
 - `logprobs[i]`: log-probability of the chosen token under the model (temperature 1), nats;
 - `entropies[i]`: entropy of the distribution the token was sampled from (after temperature,
@@ -28,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mimo_lab.answer import extract_answer
+from mimo_lab.checks import check_float, check_int
 from mimo_lab.segment import Segments, segment
 
 FORMAT_VERSION = 1
@@ -49,7 +57,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 class Trace:
     """A generated trace; build it with `Lab.generate`, reopen it with `Trace.load`."""
 
-    prompt: str
+    prompt: str | list[dict]  # a string, or the chat messages as given (kept as messages)
     text: str
     token_ids: torch.Tensor  # [n] long
     token_texts: list[str]
@@ -81,6 +89,31 @@ class Trace:
 
     def __len__(self) -> int:
         return int(self.token_ids.numel())
+
+    @property
+    def positions(self) -> range:
+        """The positions of the generated tokens: prompt_length .. prompt_length + len(self) - 1."""
+        return range(self.prompt_length, self.prompt_length + len(self))
+
+    def index_of(self, position: int) -> int:
+        """The generated-token index (into token_ids, logprobs, ...) of a position; ValueError outside them."""
+        position = check_int("position", position)
+        if position not in self.positions:
+            raise ValueError(f"position={position} is not a generated token of this trace: "
+                             f"{self._positions_text()} are accepted")
+        return position - self.prompt_length
+
+    def _positions_text(self) -> str:
+        if not len(self):
+            return "no positions (the trace generated no tokens)"
+        return f"positions {self.prompt_length} to {self.prompt_length + len(self) - 1}"
+
+    @property
+    def prompt_display(self) -> str:
+        """The prompt as one line of text (chat messages shown as `role: content`)."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return " | ".join(f"{m.get('role')}: {m.get('content')}" for m in self.prompt)
 
     def _think_bounds(self) -> tuple[int, int, int] | None:
         """(start of thinking, end of thinking, start of answer) in `text`, or None without think tags."""
@@ -152,7 +185,8 @@ class Trace:
     # ------------------------------------------------------------------ tables
     @property
     def tokens(self) -> pd.DataFrame:
-        """One row per generated token: text, id, span, logprob, prob, entropy, alternatives, MTP."""
+        """One row per generated token, indexed by its position (prompt_length + i): text, id, span,
+        logprob, prob, entropy, alternatives, MTP."""
         n = len(self)
         spans = self.spans.tolist()
         think = self.thinking_span
@@ -168,7 +202,7 @@ class Trace:
             "alternatives": [list(zip(texts, lps.exp().tolist(), strict=True))
                              for texts, lps in zip(self.top_texts, self.top_logprobs, strict=True)],
             "in_thinking": [think is not None and s < think[1] and e > think[0] for s, e in spans],
-        }, index=pd.RangeIndex(n, name="position"))
+        }, index=pd.RangeIndex(self.prompt_length, self.prompt_length + n, name="position"))
         if self.mtp is not None:
             frame["mtp_pred_id"] = self.mtp["pred_id"].tolist()
             frame["mtp_pred_prob"] = self.mtp["pred_prob"].tolist()
@@ -209,23 +243,34 @@ class Trace:
         return self.segments("step")
 
     def forking_tokens(self, quantile: float = 0.8) -> pd.DataFrame:
-        """Tokens whose sampling entropy is in the top (1 - quantile) share ("forks", Wang et al. 2025)."""
+        """Tokens whose sampling entropy is in the top (1 - quantile) share ("forks", Wang et al. 2025),
+        highest first, indexed by position (pass one straight to `lab.resample`, `lab.capture(trace)[...]`)."""
+        quantile = check_float("quantile", quantile)
         if not 0 <= quantile < 1:
-            raise ValueError(f"quantile {quantile!r} out of range: use a number in [0, 1)")
+            raise ValueError(f"quantile={quantile!r} is out of range: a number in [0, 1) is accepted")
         frame = self.tokens[["text", "entropy", "prob", "alternatives"]]
         if frame.empty:
             return frame
         threshold = float(torch.quantile(self.entropies.float(), quantile))
         forks = frame[frame["entropy"] >= threshold].copy()
-        forks["sentence"] = [self.sentences.at(int(self.spans[i, 0])) for i in forks.index]
+        forks["sentence"] = [self.sentences.at(int(self.spans[i - self.prompt_length, 0])) for i in forks.index]
         return forks.sort_values("entropy", ascending=False)
 
     def token_at(self, char_offset: int) -> int:
-        """Index of the token whose span covers a character offset of `text`."""
+        """The position of the generated token whose span covers a character offset of `text`."""
+        char_offset = check_int("char_offset", char_offset)
         if not 0 <= char_offset < len(self.text):
-            raise ValueError(f"character offset {char_offset} out of range: the text has {len(self.text)} characters")
+            raise ValueError(f"char_offset={char_offset} is out of range: the text has {len(self.text)} characters "
+                             f"(0 to {len(self.text) - 1} are accepted)")
         ends = self.spans[:, 1].contiguous()
-        return int(torch.searchsorted(ends, torch.tensor(char_offset), right=True).clamp(max=len(self) - 1))
+        index = int(torch.searchsorted(ends, torch.tensor(char_offset), right=True).clamp(max=len(self) - 1))
+        return self.prompt_length + index
+
+    def divergence(self, other: Trace):
+        """Where this trace and `other` (a sample of the same prompt) part ways; see `mimo_lab.compare`."""
+        from mimo_lab.compare import divergence
+
+        return divergence(self, other, _names=("self", "other"))
 
     # ------------------------------------------------------------------ figures
     def plot(self, kind: str = "sentence"):
@@ -242,7 +287,8 @@ class Trace:
 
     def __repr__(self) -> str:
         head = self.text[:60].replace("\n", " ")
-        return (f"Trace({len(self)} tokens, finish={self.finish_reason!r}, final_answer={self.final_answer!r}, "
+        return (f"Trace({len(self)} tokens, {self._positions_text()}, finish={self.finish_reason!r}, "
+                f"final_answer={self.final_answer!r}, "
                 f"text={head!r}{'...' if len(self.text) > 60 else ''})")
 
     def _repr_html_(self) -> str:
@@ -274,15 +320,73 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        """Reopen a trace written by `save`."""
+        """Reopen a trace written by `save`.
+
+        A newer format version is refused (naming both versions); fields unknown to this version are
+        ignored; a missing or corrupt field is named with its file.
+        """
         path = Path(path)
-        if not (path / "trace.json").is_file() or not (path / "tensors.safetensors").is_file():
+        record_file, tensor_file = path / "trace.json", path / "tensors.safetensors"
+        if not record_file.is_file() or not tensor_file.is_file():
             raise FileNotFoundError(f"{path} is not a saved Trace: expected trace.json and tensors.safetensors in it")
-        record = json.loads((path / "trace.json").read_text())
-        if record.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: trace format {record.get('format_version')!r}, this mimo_lab reads "
-                             f"{FORMAT_VERSION}")
-        tensors = load_file(str(path / "tensors.safetensors"))
+        try:
+            record = json.loads(record_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{record_file} is corrupt: it is not JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"{record_file} is corrupt: it holds a {type(record).__name__}, not a JSON object")
+        version = record.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"{record_file}: field 'format_version' is missing or corrupt ({version!r}): this "
+                             f"mimo_lab reads trace format {FORMAT_VERSION}")
+        if version > FORMAT_VERSION:
+            raise ValueError(f"{record_file} has trace format {version}, newer than the {FORMAT_VERSION} this "
+                             "mimo_lab reads: upgrade mimo_lab to open it")
+        if version < FORMAT_VERSION:
+            raise ValueError(f"{record_file} has trace format {version}, older than the {FORMAT_VERSION} this "
+                             "mimo_lab reads")
+        fields = {}
+        for name, (kinds, required) in _RECORD_FIELDS.items():
+            if name not in record:
+                if required:
+                    raise ValueError(f"{record_file}: field {name!r} is missing")
+                continue
+            value = record[name]
+            if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+                raise ValueError(f"{record_file}: field {name!r} is corrupt: {type(value).__name__} "
+                                 f"{_short(value)}, expected {' or '.join(k.__name__ for k in kinds)}")
+            fields[name] = value
+        try:
+            tensors = load_file(str(tensor_file))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several kinds for a damaged file
+            raise ValueError(f"{tensor_file} is corrupt: it does not read as safetensors ({err})") from err
+        for name in cls._TENSORS:
+            if name not in tensors:
+                raise ValueError(f"{tensor_file}: tensor {name!r} is missing")
+        n = tensors["token_ids"].numel()
+        for name, rows in (("spans", n), ("logprobs", n), ("entropies", n), ("model_entropies", n),
+                           ("top_ids", n), ("top_logprobs", n)):
+            if tensors[name].shape[:1] != (rows,):
+                raise ValueError(f"{tensor_file}: tensor {name!r} is corrupt: shape {tuple(tensors[name].shape)}, "
+                                 f"but the trace has {n} tokens")
+        for name in ("token_texts", "top_texts"):
+            if len(fields[name]) != n:
+                raise ValueError(f"{record_file}: field {name!r} is corrupt: {len(fields[name])} entries for "
+                                 f"{n} tokens")
         mtp = {k[4:]: v for k, v in tensors.items() if k.startswith("mtp.")} or None
-        record.pop("format_version")
-        return cls(**record, **{name: tensors[name] for name in cls._TENSORS}, mtp=mtp)
+        return cls(**fields, **{name: tensors[name] for name in cls._TENSORS}, mtp=mtp)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# trace.json's fields: accepted JSON types, and whether a file without it is refused
+_RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "prompt": ((str, list), True), "text": ((str,), True), "token_texts": ((list,), True),
+    "top_texts": ((list,), True), "finish_reason": ((str,), True), "prompt_text": ((str,), False),
+    "model_name": ((str,), False), "revision": ((str, type(None)), False), "sampling": ((dict,), False),
+    "seed": ((int, type(None)), False), "think_start": ((str, type(None)), False),
+    "think_end": ((str, type(None)), False), "meta": ((dict,), False),
+}

@@ -50,18 +50,18 @@ TEMPERATURE = 0.6                 # for the sampled traces (MiMo's recommendatio
 """, tags=["parameters"]),
         code("""
 import mimo_lab
-from mimo_lab.compare import divergence
 
 lab = mimo_lab.load(MODEL)
-lab, lab.card.sampling()
+lab, lab.card.default_decoding, lab.card.recommended_sampling
 """),
-        md("## One trace\n`generate` uses the model card's settings: MiMo samples at temperature 0.6, top-p 0.95; MiMo-nano decodes greedily unless given a temperature."),
+        md("## One trace\n`generate` uses the card's default decoding (`card.default_decoding`): MiMo samples at temperature 0.6, top-p 0.95; MiMo-nano decodes greedily unless given a temperature. Anything that draws further samples (resampling, benchmarks with several samples) uses `card.recommended_sampling`. Every trace records what it used in `trace.sampling`, with its source."),
         code("""
 trace = lab.generate(PROMPT, seed=SEED)
 print(trace.thinking)
 print("\\nanswer:", trace.answer, "| final answer:", trace.final_answer, "| finish:", trace.finish_reason)
+trace.sampling
 """),
-        md("Per-token analytics, recorded while generating (no second pass):"),
+        md("Per-token analytics, recorded while generating (no second pass). The index is the token's *position*: the prompt's tokens come first (`trace.prompt_length` of them), so the first generated token is at `trace.prompt_length`. Every mimo_lab call that reports or takes a position uses this one convention."),
         code("trace.tokens.head(12)"),
         md("The text coloured by entropy (hover a token for its alternatives):"),
         code("trace.token_view('entropy')"),
@@ -69,8 +69,16 @@ print("\\nanswer:", trace.answer, "| final answer:", trace.final_answer, "| fini
         md("## Sentences, labels and markers\nTransparent rules assign the 8 step labels; `segment.RuleLabeller().to_frame()` lists them, and any callable can replace them."),
         code("trace.sentences.to_frame()"),
         code("trace.sentences.plot()"),
-        md("## Forking tokens\nThe top 20% of tokens by entropy: where the trace could have gone another way."),
+        md("## Forking tokens\nThe top 20% of tokens by entropy: where the trace could have gone another way. Their positions go unchanged into other calls: resample from the strongest fork, or read the activations there."),
         code("trace.forking_tokens().head(10)"),
+        code("""
+position = int(trace.forking_tokens().index[0])
+branch = lab.resample(trace, position, seed=SEED)   # the tokens before `position` kept, the rest sampled again
+acts = lab.capture(trace, sites="resid", layers=[0])
+print("fork at position", position, repr(trace.tokens.loc[position, "text"]), "| captured row:", repr(acts.token_texts[position]))
+print("resampled with", branch.sampling, "| final answer:", branch.final_answer)
+branch.divergence(trace)
+"""),
         md("## The MTP head\nMiMo's multi-token-prediction head guesses token t+2 at every position. Where does it agree with what was generated?"),
         code("""
 if trace.mtp is not None:
@@ -98,7 +106,7 @@ example.token_view("logprob")
         md("## Where two samples fork"),
         code("""
 pair = (correct[0], wrong[0]) if correct and wrong else (samples[0], samples[1])
-fork = divergence(*pair)
+fork = pair[0].divergence(pair[1])   # the position where they first differ, and the steps side by side
 fork
 """),
         code("fork.fork"),
@@ -116,6 +124,7 @@ print(sorted(p.name for p in folder.iterdir()), "| regenerated identically:", ag
         code("""
 for token in lab.stream(PROMPT, seed=SEED, max_new_tokens=60):
     print(token.text, end="")
+print("\\n\\nthe streamed trace:", lab.last_trace, "| MTP t+2 accuracy:", lab.last_trace.mtp_accuracy())
 """),
     ],
     "02_attention_patterns.ipynb": [
@@ -184,10 +193,7 @@ sentences.plot()
         md("## Which heads fetch the digits being combined?\nWhen the trace writes a column step such as `Ones: 7 + 8`, the operand digits come from the prompt. Score every head by the attention mass from those written digits back to the digits of the prompt."),
         code("""
 column = re.compile(r"(\\d) \\+ (\\d)")
-spans = trace.spans.tolist()
-def position_of(char):  # the position (prompt + generated) of the token covering a character of trace.text
-    return trace.prompt_length + next(i for i, (s, e) in enumerate(spans) if s <= char < e)
-queries = sorted({position_of(m.start(g)) for m in column.finditer(trace.text) for g in (1, 2)})
+queries = sorted({trace.token_at(m.start(g)) for m in column.finditer(trace.text) for g in (1, 2)})  # positions
 prompt_tokens = lab.tokenizer.convert_ids_to_tokens(trace.prompt_ids.tolist())
 keys = [i for i, t in enumerate(prompt_tokens) if t.strip().isdigit()]
 print(f"{len(queries)} written operand digits, {len(keys)} prompt digits")
@@ -374,14 +380,14 @@ playground = Playground(lab)
 playground.prompt.value = PROMPT
 playground
 """),
-        md("The same thing from code: `run` generates synchronously with the given settings and returns the Trace (the widget above shows it too)."),
+        md("The same thing from code: `run` generates synchronously and returns the Trace (the widget above shows it too). Its settings apply to that call only; anything not given is the card's default decoding, whatever the knobs or an earlier call said."),
         code("""
 trace = playground.run(PROMPT, seed=0, temperature=0.6)
 print(trace.final_answer, trace.finish_reason, len(trace), "tokens")
 """),
         code("""
 viewer = TraceViewer(trace, lab)
-viewer.select(min(10, len(trace) - 1))   # what clicking token 10 does
+viewer.select(trace.prompt_length + min(10, len(trace) - 1))   # a position: what clicking the 11th generated token does
 viewer
 """),
         code("""

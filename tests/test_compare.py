@@ -30,7 +30,7 @@ def test_first_difference_and_entropy_there(make_trace, mimo_checkpoint):
     assert "Wait" in steps["b"].iloc[1] and "Wait" not in steps["a"].iloc[1]
     fig = fork.plot()
     assert fig.data[0].type == "table" and len(fig.data[0].cells.values[0]) == 4
-    assert "Fork at token" in fork._repr_html_()
+    assert "Fork at position" in fork._repr_html_()
 
 
 def test_identical_and_different_prompts(make_trace, mimo_checkpoint):

@@ -154,3 +154,47 @@ def test_unknown_model_gets_a_card_from_its_files(mimo_checkpoint, tmp_path):
     assert (lab.card.temperature, lab.card.top_p) == (0.8, 0.9)
     assert lab.card.think_start == "<think>" and lab.card.has_mtp
     assert lab.card.context_length == 32768
+
+
+# ---------------------------------------------------------------------------- CPU threads (issue 15, C17)
+
+
+@pytest.fixture
+def restore_threads(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("MIMO_LAB_THREADS", raising=False)
+    yield monkeypatch
+    torch.set_num_threads(before)
+
+
+def test_threads_one_for_a_small_model_on_the_cpu_and_overridable(mimo_checkpoint, restore_threads):
+    torch.set_num_threads(2)
+    small = mimo_lab.load(mimo_checkpoint, device="cpu")
+    assert small.threads == 1 and torch.get_num_threads() == 1  # far under 50M parameters
+    assert "threads=1" in repr(small)
+    two = mimo_lab.load(mimo_checkpoint, device="cpu", threads=2)
+    assert two.threads == 2 and torch.get_num_threads() == 2 and "threads=2" in repr(two)
+    restore_threads.setenv("MIMO_LAB_THREADS", "3")
+    assert mimo_lab.load(mimo_checkpoint, device="cpu").threads == 3 and torch.get_num_threads() == 3
+    assert mimo_lab.load(mimo_checkpoint, device="cpu", threads=1).threads == 1  # the argument wins
+
+
+def test_threads_of_a_large_model_are_torchs_default(monkeypatch):
+    monkeypatch.delenv("MIMO_LAB_THREADS", raising=False)
+    big = torch.nn.Linear(8000, 7000)  # 56M parameters
+    assert lab_module.choose_threads(None, big, torch.device("cpu")) == lab_module._TORCH_DEFAULT_THREADS
+    assert lab_module.choose_threads(None, torch.nn.Linear(10, 10), torch.device("cpu")) == 1
+    assert lab_module.choose_threads(None, torch.nn.Linear(10, 10), torch.device("cuda")) == \
+        lab_module._TORCH_DEFAULT_THREADS
+
+
+@pytest.mark.parametrize("threads, error", [(0, ValueError), (1.5, TypeError), ("4", TypeError)])
+def test_bad_threads_are_refused_before_loading(threads, error, no_heavy_work):
+    with pytest.raises(error, match="threads"):
+        mimo_lab.load(threads=threads)
+
+
+def test_bad_mimo_lab_threads_is_refused(mimo_checkpoint, restore_threads, no_heavy_work):
+    restore_threads.setenv("MIMO_LAB_THREADS", "many")
+    with pytest.raises(ValueError, match="MIMO_LAB_THREADS='many'"):
+        mimo_lab.load(mimo_checkpoint)

@@ -79,5 +79,5 @@ def test_custom_labeller_and_explain():
     assert label == "uncertainty_management" and "backtracking" in why
     rules = RuleLabeller().to_frame()
     assert set(rules["label"]) == set(LABELS)
-    with pytest.raises(ValueError, match="kind must be"):
+    with pytest.raises(ValueError, match="kind='paragraph'"):
         segment("x", kind="paragraph")

@@ -48,7 +48,7 @@ def test_tokens_table_and_token_at(lab, make_trace):
     assert table["in_thinking"].any() and not table["in_thinking"].iloc[-1]
     offset = trace.text.index("Wait")
     i = trace.token_at(offset)
-    assert table["start"].iloc[i] <= offset < table["end"].iloc[i]
+    assert table["start"].loc[i] <= offset < table["end"].loc[i]
     with pytest.raises(ValueError, match="out of range"):
         trace.token_at(10**6)
 
@@ -70,7 +70,7 @@ def test_forking_tokens_are_the_top_fifth_by_entropy(lab, make_trace):
     threshold = float(torch.quantile(torch.tensor(entropies), 0.8))
     assert set(forks.index) == {i for i, e in enumerate(entropies) if e >= threshold}
     assert forks["entropy"].is_monotonic_decreasing
-    with pytest.raises(ValueError, match="quantile 1.5"):
+    with pytest.raises(ValueError, match="quantile=1.5"):
         trace.forking_tokens(1.5)
 
 
@@ -101,3 +101,128 @@ def test_regenerate_needs_the_same_model(lab, make_trace):
     trace = make_trace(lab.tokenizer, TEXT)
     with pytest.raises(ValueError, match="came from 'test'"):
         lab.regenerate(trace)
+
+
+# ---------------------------------------------------------------------------- positions (issue 15, C12)
+
+
+def _full_ids(trace):
+    return torch.cat([trace.prompt_ids, trace.token_ids])
+
+
+def test_a_fork_position_goes_unchanged_into_tokens_capture_and_resample(lab):
+    trace = lab.generate("What is 17 + 28?", seed=3, max_new_tokens=24, mtp=False)
+    first = trace.prompt_length
+    assert first > 0 and list(trace.tokens.index) == list(range(first, first + len(trace)))
+    forks = trace.forking_tokens()
+    assert len(forks) and all(first <= p < first + len(trace) for p in forks.index)
+    position = int(forks.index[0])
+    token_id = int(trace.tokens.loc[position, "id"])
+    assert token_id == int(_full_ids(trace)[position])  # the model read this token at this position
+    assert forks.loc[position, "entropy"] == pytest.approx(float(trace.entropies[position - first]))
+
+    # capture's row `position` is that token: its text, and the hidden state a plain forward hook sees there
+    acts = lab.capture(trace, sites="resid", layers=[0])
+    assert acts.token_texts[position] == trace.tokens.loc[position, "text"]
+    seen = {}
+    handle = lab.model.model.layers[0].register_forward_hook(lambda _m, _a, out: seen.setdefault("h", out))
+    with torch.no_grad():
+        lab.model(_full_ids(trace)[None])
+    handle.remove()
+    hidden = seen["h"][0] if isinstance(seen["h"], tuple) else seen["h"]
+    torch.testing.assert_close(acts.get("resid", 0)[position], hidden[0, position].float(), atol=1e-5, rtol=1e-5)
+
+    # resample from that position: every token before it kept, the token at it sampled again
+    again = lab.resample(trace, position, seed=11, max_new_tokens=8)
+    assert again.prompt_length == first and again.meta["resampled_from"]["position"] == position
+    assert torch.equal(_full_ids(again)[:position], _full_ids(trace)[:position])
+    assert int(again.tokens.index[0]) == first and position in again.tokens.index
+    kept = position - first
+    assert again.token_ids[:kept].tolist() == trace.token_ids[:kept].tolist()
+    # the token at `position` is drawn again from the same context: the same model distribution there
+    assert torch.equal(again.top_ids[kept], trace.top_ids[kept])
+    assert float(again.model_entropies[kept]) == pytest.approx(float(trace.model_entropies[kept]), abs=1e-4)
+    assert len(again) == kept + 8 or again.finish_reason == "stop"
+
+
+def test_resample_refuses_a_position_in_the_prompt_or_past_the_end(lab):
+    trace = lab.generate("What is 17 + 28?", seed=3, max_new_tokens=6, mtp=False)
+    first, end = trace.prompt_length, trace.prompt_length + len(trace)
+    with pytest.raises(ValueError, match=f"position={first - 1} is inside the prompt"):
+        lab.resample(trace, first - 1)
+    with pytest.raises(ValueError, match=f"position={end + 1} is past the end"):
+        lab.resample(trace, end + 1)
+    assert len(lab.resample(trace, end, seed=0, max_new_tokens=3)) >= len(trace)  # the end: continue it
+
+
+def test_token_at_and_divergence_report_positions(lab):
+    a = lab.generate("What is 17 + 28?", seed=1, max_new_tokens=20, mtp=False)
+    b = lab.generate("What is 17 + 28?", seed=2, max_new_tokens=20, mtp=False)
+    first = a.prompt_length
+    offset = len(a.token_texts[0]) + len(a.token_texts[1])  # the start of the third token
+    assert a.token_at(offset) == first + 2
+    assert a.tokens.loc[a.token_at(offset), "start"] == offset
+    fork = a.divergence(b)  # the method; mimo_lab.compare.divergence is the function behind it
+    assert fork.position == first + fork.index and fork.position >= first
+    assert a.tokens.loc[fork.position, "id"] != b.tokens.loc[fork.position, "id"]
+    assert _full_ids(a)[: fork.position].tolist() == _full_ids(b)[: fork.position].tolist()
+    again = lab.resample(a, fork.position, seed=5, max_new_tokens=4)  # straight into resample
+    assert again.token_ids[: fork.index].tolist() == a.token_ids[: fork.index].tolist()
+    assert f"position {fork.position}" in repr(fork)
+
+
+# ---------------------------------------------------------------------------- Trace.load (issue 15, C14 / D19)
+
+
+def _saved(lab, tmp_path, name="t"):
+    trace = lab.generate("What is 17 + 28?", seed=4, max_new_tokens=8, mtp=False)
+    return trace, trace.save(tmp_path / name)
+
+
+def _edit(folder, change):
+    record = json.loads((folder / "trace.json").read_text())
+    change(record)
+    (folder / "trace.json").write_text(json.dumps(record))
+
+
+def test_load_refuses_a_newer_format_naming_file_and_versions(lab, tmp_path):
+    from mimo_lab.trace import FORMAT_VERSION
+
+    _, folder = _saved(lab, tmp_path)
+    _edit(folder, lambda r: r.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ValueError, match=f"trace.json has trace format {FORMAT_VERSION + 1}, newer than the "
+                                         f"{FORMAT_VERSION}") as err:
+        Trace.load(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_load_ignores_unknown_fields_of_the_same_version(lab, tmp_path):
+    trace, folder = _saved(lab, tmp_path)
+    _edit(folder, lambda r: r.update(added_by_a_later_version={"x": 1}))
+    assert Trace.load(folder).text == trace.text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("text"), "field 'text' is missing"),
+    (lambda r: r.update(text=5), "field 'text' is corrupt"),
+    (lambda r: r.update(seed="four"), "field 'seed' is corrupt"),
+    (lambda r: r.update(token_texts=["x"]), "field 'token_texts' is corrupt: 1 entries"),
+    (lambda r: r.pop("format_version"), "field 'format_version' is missing or corrupt"),
+])
+def test_load_names_the_file_and_the_missing_or_corrupt_field(lab, tmp_path, change, message):
+    _, folder = _saved(lab, tmp_path)
+    _edit(folder, change)
+    with pytest.raises(ValueError, match=message) as err:
+        Trace.load(folder)
+    assert str(folder / "trace.json") in str(err.value)
+
+
+def test_load_names_a_corrupt_file(lab, tmp_path):
+    _, folder = _saved(lab, tmp_path, "json")
+    (folder / "trace.json").write_text("{not json")
+    with pytest.raises(ValueError, match="trace.json is corrupt: it is not JSON"):
+        Trace.load(folder)
+    _, folder = _saved(lab, tmp_path, "tensors")
+    (folder / "tensors.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(ValueError, match="tensors.safetensors is corrupt"):
+        Trace.load(folder)

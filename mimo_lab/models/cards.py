@@ -1,7 +1,9 @@
 """Model cards: what mimo_lab knows about a checkpoint before loading it.
 
-A card gives the chat format, the think tags, the recommended sampling, the context length
-and published benchmark figures. Unknown models get a card built from their config and
+A card gives the chat format, the think tags, the context length, published benchmark figures and
+one set of decoding settings per model: `default_decoding` (what `generate`, `stream` and the
+Playground use when told nothing) and `recommended_sampling` (what anything drawing several
+samples uses: resampling, `bench.run(samples > 1)`). Unknown models get a card built from their config and
 tokenizer (`card_for`), so any causal LM loads.
 """
 
@@ -28,15 +30,26 @@ class ModelCard:
     has_mtp: bool = False
     published: dict[str, float] = field(default_factory=dict)
     notes: str = ""
-    greedy: bool = False  # decode greedily unless the caller gives sampling settings
+    greedy: bool = False  # the default decoding is greedy (the recommended sampling stays temperature / top-p)
     # MTP slot-0 convention its MTP was trained/served with: True = token embedding zeroed (vLLM/SGLang),
     # False = unmasked; None = the checkpoint config's `mtp_zero_first_embedding`. The MTP lens's default.
     mtp_zero_first_embedding: bool | None = None
 
-    def sampling(self) -> dict:
-        """The recommended sampling settings as keyword arguments of `Lab.generate`."""
+    @property
+    def recommended_sampling(self) -> dict:
+        """The published sampling settings (keyword arguments of `Lab.generate`): used to draw several samples."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "max_new_tokens": self.max_new_tokens}
+                "max_new_tokens": self.max_new_tokens, "greedy": False}
+
+    @property
+    def default_decoding(self) -> dict:
+        """What `generate`, `stream` and the Playground use when told nothing: greedy for a card that says
+        so (MiMo-nano), else the recommended sampling."""
+        return {**self.recommended_sampling, "greedy": True} if self.greedy else self.recommended_sampling
+
+    def sampling(self) -> dict:
+        """The recommended sampling settings as keyword arguments of `Lab.generate` (without `greedy`)."""
+        return {k: v for k, v in self.recommended_sampling.items() if k != "greedy"}
 
 
 _MIMO_NOTE = ("Qwen2 architecture + 1 MTP layer; empty system prompt; thinking in <think>...</think>. "

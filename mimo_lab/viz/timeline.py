@@ -9,11 +9,12 @@ from mimo_lab.viz.style import MARKER_COLOURS, base_layout, shorten
 
 
 def entropy_figure(trace, kind: str = "sentence", fork_quantile: float = 0.8, title: str | None = None) -> go.Figure:
-    """Two panels over token positions: sampling entropy (forks marked) and log-prob of each token;
-    dotted lines at step boundaries, coloured dots where a backtracking / verification /
-    conclusion marker starts a step."""
+    """Two panels over token positions (absolute: the prompt's tokens count): sampling entropy (forks
+    marked) and log-prob of each token; dotted lines at step boundaries, coloured dots where a
+    backtracking / verification / conclusion marker starts a step."""
     n = len(trace)
-    positions = list(range(n))
+    first = trace.prompt_length
+    positions = list(range(first, first + n))
     texts = [repr(t) for t in trace.token_texts]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=("entropy of the sampling distribution (nats)", "log-prob of the chosen token"))
@@ -37,7 +38,7 @@ def entropy_figure(trace, kind: str = "sentence", fork_quantile: float = 0.8, ti
         top = max(trace.entropies.max().item(), 0.1)
         xs, ys = [], []
         for b in boundaries:
-            xs += [b - 0.5, b - 0.5, None]
+            xs += [first + b - 0.5, first + b - 0.5, None]
             ys += [0, top, None]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{kind} boundaries", hoverinfo="skip",
                                  line=dict(color="#bbbbbb", width=1, dash="dot")), row=1, col=1)
@@ -49,7 +50,8 @@ def entropy_figure(trace, kind: str = "sentence", fork_quantile: float = 0.8, ti
         hits = [(first_token[s.index], s) for s in segments if marker in s.markers and s.index in first_token]
         if hits:
             fig.add_trace(go.Scatter(
-                x=[i for i, _ in hits], y=[float(trace.entropies[i]) for i, _ in hits], mode="markers", name=marker,
+                x=[first + i for i, _ in hits], y=[float(trace.entropies[i]) for i, _ in hits], mode="markers",
+                name=marker,
                 marker=dict(color=colour, size=9, symbol="diamond"),
                 text=[f"{s.label}: {shorten(s.text)}" for _, s in hits],
                 hovertemplate="#%{x} %{text}<extra>" + marker + "</extra>"), row=1, col=1)

@@ -26,13 +26,20 @@ def _values(trace, color_by: str) -> list[float]:
     return trace.mtp["target_prob"].tolist()
 
 
+def _position(trace, i: int) -> int:
+    """The absolute position of generated token i (prompt tokens first, as everywhere in mimo_lab)."""
+    return int(getattr(trace, "prompt_length", 0)) + i
+
+
 def _hover(trace, i: int) -> str:
+    position = _position(trace, i)
     alternatives = ", ".join(f"{text!r} {math.exp(lp):.2f}"
                              for text, lp in zip(trace.top_texts[i], trace.top_logprobs[i].tolist(), strict=True))
-    line = (f"#{i} {trace.token_texts[i]!r}  p={math.exp(float(trace.logprobs[i])):.3f}  "
+    line = (f"#{position} {trace.token_texts[i]!r}  p={math.exp(float(trace.logprobs[i])):.3f}  "
             f"H={float(trace.entropies[i]):.3f}\nalternatives: {alternatives}")
     if trace.mtp is not None and int(trace.mtp["pred_id"][i]) >= 0:
-        line += f"\nMTP guess for #{i + 2}: p={float(trace.mtp['pred_prob'][i]):.2f} hit={int(trace.mtp['hit'][i])}"
+        line += (f"\nMTP guess for #{position + 2}: p={float(trace.mtp['pred_prob'][i]):.2f} "
+                 f"hit={int(trace.mtp['hit'][i])}")
     return line
 
 
@@ -48,7 +55,8 @@ def _background(value: float, color_by: str, vmax: float) -> str:
 
 
 def token_html(trace, color_by: str = "entropy", max_tokens: int | None = 4000) -> str:
-    """HTML of the generated text, each token a span coloured by `color_by`, its title the alternatives."""
+    """HTML of the generated text, each token a span coloured by `color_by` (its `data-position` the token's
+    position), its title the alternatives."""
     values = _values(trace, color_by)
     shown = len(trace) if max_tokens is None else min(len(trace), max_tokens)
     finite = [abs(v) for v in values[:shown] if not math.isnan(v)]
@@ -56,7 +64,8 @@ def token_html(trace, color_by: str = "entropy", max_tokens: int | None = 4000) 
     parts = []
     for i in range(shown):
         text = html.escape(trace.token_texts[i]).replace("\n", "↵<br>")
-        parts.append(f'<span class="mimo-token" data-i="{i}" title="{html.escape(_hover(trace, i))}" '
+        parts.append(f'<span class="mimo-token" data-position="{_position(trace, i)}" '
+                     f'title="{html.escape(_hover(trace, i))}" '
                      f'style="background:{_background(values[i], color_by, vmax)}">{text}</span>')
     more = f"<div>… {len(trace) - shown} more tokens</div>" if shown < len(trace) else ""
     legend = (f"<div style='font-size:11px;color:#666'>coloured by {color_by} "

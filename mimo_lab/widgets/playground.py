@@ -7,6 +7,13 @@ done it opens in a TraceViewer (click a token for its alternatives and logit len
 from here" keeps the trace up to the selected token and samples the rest again; the history
 compares any two runs side by side. `Playground(lab).run(prompt, **sampling)` does what
 Generate does, synchronously, and returns the Trace.
+
+Settings: the knobs start at the model's default decoding (`card.default_decoding`: greedy for
+MiMo-nano) with the sliders at its recommended sampling; "Resample from here" samples with the
+sliders' settings (never greedily: that would repeat the trace). `run(prompt, **sampling)` uses
+exactly what it is given, the card's default for the rest, never the knobs or an earlier call's
+settings, and refuses what `lab.generate` refuses. Traces carry the same analytics as
+`lab.generate`'s, MTP included.
 """
 
 from __future__ import annotations
@@ -16,16 +23,21 @@ import threading
 
 import ipywidgets as W
 
+from mimo_lab.checks import check_seed, check_str
 from mimo_lab.compare import divergence
+from mimo_lab.generation import check_prompt
 from mimo_lab.trace import Trace
 from mimo_lab.widgets.trace_viewer import TraceViewer
 
 
 class Playground(W.VBox):
     def __init__(self, lab):
+        if not all(hasattr(lab, name) for name in ("card", "stream", "resample")):
+            raise TypeError(f"lab={type(lab).__name__} is not accepted: a Lab (from mimo_lab.load) is")
         self.lab = lab
         card = lab.card
         self.history: list[Trace] = []
+        default, recommended = card.default_decoding, card.recommended_sampling
         self.trace: Trace | None = None
         self._busy = threading.Lock()
         self._stop = threading.Event()
@@ -36,14 +48,14 @@ class Playground(W.VBox):
         self.system = W.Textarea(value=card.system_prompt or "", description="system",
                                  placeholder="(none)" if card.system_prompt is None else "",
                                  layout=W.Layout(width="100%", height="34px"))
-        self.temperature = W.FloatSlider(value=card.temperature, min=0.05, max=2.0, step=0.05,
+        self.temperature = W.FloatSlider(value=recommended["temperature"], min=0.05, max=2.0, step=0.05,
                                          description="temperature")
-        self.top_p = W.FloatSlider(value=card.top_p, min=0.05, max=1.0, step=0.01, description="top-p")
-        self.top_k = W.IntText(value=card.top_k or 0, description="top-k (0=off)")
-        self.max_new_tokens = W.BoundedIntText(value=min(card.max_new_tokens, 32768), min=1, max=card.context_length,
-                                               description="max tokens")
+        self.top_p = W.FloatSlider(value=recommended["top_p"], min=0.05, max=1.0, step=0.01, description="top-p")
+        self.top_k = W.IntText(value=recommended["top_k"] or 0, description="top-k (0=off)")
+        self.max_new_tokens = W.BoundedIntText(value=min(default["max_new_tokens"], 32768), min=1,
+                                               max=card.context_length, description="max tokens")
         self.seed = W.IntText(value=0, description="seed")
-        self.greedy = W.Checkbox(value=False, description="greedy")
+        self.greedy = W.Checkbox(value=bool(default["greedy"]), description="greedy")
         self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop")
         self.resample_button = W.Button(description="Resample from here", icon="random",
@@ -70,21 +82,38 @@ class Playground(W.VBox):
 
     # ------------------------------------------------------------------ settings
     def sampling(self) -> dict:
+        """The knobs' settings, all of them."""
         return {"temperature": self.temperature.value, "top_p": self.top_p.value,
                 "top_k": self.top_k.value or None, "max_new_tokens": self.max_new_tokens.value,
                 "greedy": self.greedy.value}
 
+    def _changed(self, reference: dict, keys) -> dict:
+        """The knobs that differ from `reference` (so untouched knobs record the card's source)."""
+        knobs = self.sampling()
+        return {k: knobs[k] for k in keys if knobs[k] != reference.get(k)}
+
     def _set(self, prompt: str | None, system: str | None, sampling: dict) -> None:
+        """Set the prompt, system and knobs (what typing into them does); refuses what the knobs cannot show."""
         if prompt is not None:
-            self.prompt.value = prompt
+            self.prompt.value = check_prompt(prompt)
         if system is not None:
-            self.system.value = system
+            self.system.value = check_str("system", system, empty_ok=True)
         widgets = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                    "max_new_tokens": self.max_new_tokens, "greedy": self.greedy, "seed": self.seed}
+        unknown = sorted(set(sampling) - set(widgets))
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}: {', '.join(widgets)} are accepted")
+        self.lab._sampling({k: v for k, v in sampling.items() if k != "seed"})  # the same checks as generate
+        if "seed" in sampling:
+            check_seed("seed", sampling["seed"], none_ok=False)
         for key, value in sampling.items():
-            if key not in widgets:
-                raise ValueError(f"unknown setting {key!r}: use {', '.join(widgets)}")
-            widgets[key].value = 0 if (key == "top_k" and value is None) else value
+            widget = widgets[key]
+            shown = 0 if (key == "top_k" and value is None) else value
+            low, high = getattr(widget, "min", None), getattr(widget, "max", None)
+            if low is not None and not low <= shown <= high:
+                raise ValueError(f"{key}={value!r} is outside the {key} knob's range ({low} to {high}): pass it to "
+                                 f"run({key}={value!r}) instead, which takes whatever lab.generate takes")
+            widget.value = shown
 
     # ------------------------------------------------------------------ running
     def start(self, resample: bool = False) -> bool:
@@ -92,7 +121,8 @@ class Playground(W.VBox):
         if not self._busy.acquire(blocking=False):
             self.status.value = "<span style='color:#b26b00'>already generating: press Stop first</span>"
             return False
-        self._thread = threading.Thread(target=self._work, args=(resample, True), daemon=True)
+        job = self._resample if resample else self._generate_from_knobs
+        self._thread = threading.Thread(target=self._work, args=(job,), daemon=True)
         self._thread.start()
         return True
 
@@ -105,40 +135,53 @@ class Playground(W.VBox):
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def run(self, prompt: str | None = None, *, system: str | None = None, **sampling) -> Trace:
-        """Generate synchronously with the given prompt and settings (as Generate does) and return the Trace."""
-        self._set(prompt, system, sampling)
+    def run(self, prompt: str | list[dict] | None = None, *, system: str | None = None, seed: int | None = None,
+            **sampling) -> Trace:
+        """Generate synchronously and return the Trace (the panes, viewer and history update as for Generate).
+
+        prompt: default the prompt box's text. system, seed, sampling: as `lab.stream` takes them, for this
+        call only (unset ones: the card's default decoding and system prompt, a drawn seed); the knobs are
+        neither read nor changed.
+        """
+        prompt = self.prompt.value if prompt is None else prompt
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("the playground is already generating; stop it or wait for it first")
-        error = self._work(False, True, raise_errors=True)
+        try:
+            tokens = self.lab.stream(prompt, seed=seed, system=system, **sampling)  # checks everything, runs nothing
+        except BaseException:
+            self._busy.release()
+            raise
+        error = self._work(lambda: self._show_stream(tokens), raise_errors=True)
         if error is not None:
             raise error
         return self.trace
 
-    def _work(self, resample: bool, locked: bool, raise_errors: bool = False):
+    def _work(self, job, raise_errors: bool = False):
         self._stop.clear()
         try:
-            if resample:
-                self._resample()
-            else:
-                self._generate()
+            job()
             return None
         except Exception as err:  # noqa: BLE001 - shown in the widget, which keeps working
             self.status.value = (f"<span style='color:#c00'><b>error:</b> {html.escape(type(err).__name__)}: "
                                  f"{html.escape(str(err))}</span>")
             return err if raise_errors else None
         finally:
-            if locked:
-                self._busy.release()
+            self._busy.release()
 
-    def _generate(self) -> None:
-        settings = self.sampling()
-        system = self.system.value if (self.system.value or self.lab.card.system_prompt is not None) else None
+    def _generate_from_knobs(self) -> None:
+        card = self.lab.card
+        system = self.system.value if (self.system.value or card.system_prompt is not None) else None
+        settings = self._changed(card.default_decoding, ("temperature", "top_p", "top_k", "max_new_tokens",
+                                                         "greedy"))
+        if settings and not self.greedy.value:  # sampling: the sliders' values all apply
+            settings = {k: v for k, v in self.sampling().items() if k != "top_k" or v is not None}
+        self._show_stream(self.lab.stream(self.prompt.value, seed=self.seed.value, system=system, **settings))
+
+    def _show_stream(self, stream) -> None:
         self.thinking.value, self.answer.value = "", ""
         self.status.value = "generating…"
         raw, count = "", 0
         start_tag, end_tag = self.lab.card.think_start, self.lab.card.think_end
-        stream = self.lab.stream(self.prompt.value, seed=self.seed.value, system=system, **settings)
         for token in stream:
             count += 1
             raw += token.text
@@ -163,12 +206,14 @@ class Playground(W.VBox):
         viewer = self.viewer
         if self.trace is None or viewer is None or viewer.selected is None:
             raise ValueError("select a token in the trace view first (click it), then Resample from here")
-        self.status.value = f"resampling from token {viewer.selected}…"
-        settings = self.sampling()
-        trace = self.lab.resample(self.trace, viewer.selected, seed=self.seed.value + len(self.history) + 1,
-                                  **settings)
+        position = viewer.selected
+        self.status.value = f"resampling from position {position}…"
+        # sampling, never greedy; untouched sliders are the card's recommended sampling
+        settings = self._changed(self.lab.card.recommended_sampling, ("temperature", "top_p", "top_k",
+                                                                      "max_new_tokens"))
+        trace = self.lab.resample(self.trace, position, seed=self.seed.value + len(self.history) + 1, **settings)
         self.thinking.value, self.answer.value = trace.thinking, trace.answer
-        self._finish(trace, f"resampled from token {viewer.selected}")
+        self._finish(trace, f"resampled from position {position}")
 
     def _finish(self, trace: Trace, note: str) -> None:
         self.trace = trace

@@ -129,11 +129,30 @@ def test_mtp_lens_needs_an_mtp_head(lab, monkeypatch):
         lab.mtp_lens(TEXT)
 
 
-@pytest.mark.parametrize("probe", ["capture", "logit_lens", "mtp_lens"])
+_FOREIGN_CALLS = {
+    "capture": lambda lab, t: lab.capture(t),
+    "logit_lens": lambda lab, t: lab.logit_lens(t),
+    "mtp_lens": lambda lab, t: lab.mtp_lens(t),
+    "attention": lambda lab, t: lab.attention(t, layer=0),
+    "suppress_sentence": lambda lab, t: lab.suppress_sentence(t, 0),
+    "activation_patching": lambda lab, t: lab.activation_patching(t, t, " 3"),
+    "resample": lambda lab, t: lab.resample(t, t.prompt_length + 1),
+}
+
+
+@pytest.mark.parametrize("probe", sorted(_FOREIGN_CALLS))
 def test_a_trace_with_another_tokenizer_is_refused(lab, nano, probe):
     foreign = nano.generate("What is 1 + 2?", max_new_tokens=5)
     with pytest.raises(ValueError, match="tokenizer") as info:
-        getattr(lab, probe)(foreign)
+        _FOREIGN_CALLS[probe](lab, foreign)
+    assert nano.name in str(info.value) and lab.name in str(info.value)
+
+
+def test_divergence_of_traces_with_different_tokenizers_is_refused(lab, nano):
+    mine = lab.generate("What is 1 + 2?", max_new_tokens=5)
+    foreign = nano.generate("What is 1 + 2?", max_new_tokens=5)
+    with pytest.raises(ValueError, match="different tokenizers") as info:
+        mine.divergence(foreign)
     assert nano.name in str(info.value) and lab.name in str(info.value)
 
 

@@ -58,3 +58,17 @@ def test_label_strip(trace):
     assert {"uncertainty_management", "self_checking", "active_computation"} <= names
     total = sum(sum(d.x) for d in fig.data)
     assert total == sum(s.end - s.start for s in trace.sentences)
+
+
+def test_figures_and_views_use_positions(mimo_checkpoint):
+    import mimo_lab
+
+    lab = mimo_lab.load(mimo_checkpoint)
+    trace = lab.generate("What is 17 + 28?", seed=2, max_new_tokens=20, mtp=False)
+    assert trace.prompt_length > 0
+    by_name = {d.name: d for d in entropy_figure(trace).data}
+    assert list(by_name["entropy"].x) == list(trace.tokens.index)  # x axis: positions, prompt counted
+    forks = [d for name, d in by_name.items() if name.startswith("forks")][0]
+    assert sorted(forks.x) == sorted(trace.forking_tokens().index)
+    shown = [int(p) for p in re.findall(r'data-position="(\d+)"', token_html(trace))]
+    assert shown == list(trace.positions)

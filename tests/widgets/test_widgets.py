@@ -85,16 +85,17 @@ def test_click_a_token_then_resample_from_there(lab):
     pg = Playground(lab)
     first = pg.run("What is 1 + 2?", seed=2, max_new_tokens=16)
     viewer = pg.viewer
-    viewer.select(5)
-    assert "token 5" in viewer.details.value and "alternative" in viewer.details.value
+    position = first.prompt_length + 5  # positions count the prompt's tokens
+    viewer.select(position)
+    assert f"position {position}" in viewer.details.value and "alternative" in viewer.details.value
     assert "logit lens" in viewer.details.value and "L0" in viewer.details.value
     pg.resample_button.click()
     pg.wait(60)
     second = pg.trace
     assert second is not first and torch.equal(second.token_ids[:5], first.token_ids[:5])
-    assert second.meta["resampled_from"]["position"] == 5
+    assert second.meta["resampled_from"]["position"] == position
     pg.compare_button.click()
-    assert "Fork at token" in pg.comparison.value or "identical" in pg.comparison.value
+    assert "Fork at position" in pg.comparison.value or "identical" in pg.comparison.value
 
 
 def test_resample_needs_a_selected_token(lab):
@@ -115,9 +116,9 @@ def test_trace_viewer_colours_and_clicks(lab):
     assert z == pytest.approx(trace.logprobs.tolist())
     points = type("Points", (), {"point_inds": [[0, 3]]})()
     viewer._on_click(None, points, None)  # what a click on the 4th cell sends
-    assert viewer.selected == 3
+    assert viewer.selected == trace.prompt_length + 3  # a position
     assert "timeline" not in output_html(viewer.timeline)
-    with pytest.raises(ValueError, match="token 99 out of range"):
+    with pytest.raises(ValueError, match="position=99 is not a generated token"):
         viewer.select(99)
 
 
@@ -131,3 +132,64 @@ def test_failure_explorer_opens_traces(lab, tmp_path):
     assert isinstance(explorer.viewer_box.children[0], TraceViewer)
     assert explorer.viewer_box.children[0].trace.text == result.trace(problem_id, index).text
     assert len(explorer.figures.outputs) == 2
+
+
+# ---------------------------------------------------------------------------- Playground.run (issue 15, B4 / C15)
+
+
+def test_run_uses_its_own_settings_only(lab):
+    pg = Playground(lab)
+    prompt = "What is 1 + 2?"
+    warm = pg.run(prompt, seed=3, max_new_tokens=20, temperature=0.7, top_p=0.5)
+    assert (warm.sampling["temperature"], warm.sampling["top_p"]) == (0.7, 0.5)
+    after = pg.run(prompt, seed=3, max_new_tokens=20)  # nothing carried over from the call before
+    expected = lab.generate(prompt, seed=3, max_new_tokens=20)
+    assert after.token_ids.tolist() == expected.token_ids.tolist()
+    assert after.sampling == expected.sampling and after.sampling["temperature"] == lab.card.temperature
+    hot = pg.run(prompt, seed=3, max_new_tokens=20, temperature=5.0)  # beyond the slider: runs at 5.0
+    assert hot.sampling["temperature"] == 5.0
+    assert hot.token_ids.tolist() == lab.generate(prompt, seed=3, max_new_tokens=20, temperature=5.0).token_ids.tolist()
+    assert pg.temperature.value == lab.card.temperature  # the knobs are not changed by run
+
+
+@pytest.mark.parametrize("kwargs, error", [({"temperature": 0.0}, ValueError), ({"max_new_tokens": 10**7}, ValueError),
+                                           ({"top_p": 1.5}, ValueError), ({"temperature": "hot"}, TypeError),
+                                           ({"greedy": 1}, TypeError), ({"seed": -1}, ValueError),
+                                           ({"temprature": 0.5}, TypeError)])
+def test_run_refuses_what_generate_refuses(lab, kwargs, error):
+    pg = Playground(lab)
+    with pytest.raises(error) as from_generate:
+        lab.generate("hi", **kwargs)
+    with pytest.raises(error) as from_run:
+        pg.run("hi", **kwargs)
+    assert str(from_run.value) == str(from_generate.value)
+    assert pg.history == []  # nothing ran
+
+
+def test_playground_traces_carry_mtp_like_generate(lab):
+    trace = Playground(lab).run("What is 1 + 2?", seed=4, max_new_tokens=16)
+    expected = lab.generate("What is 1 + 2?", seed=4, max_new_tokens=16)
+    assert trace.mtp is not None
+    for key in expected.mtp:
+        torch.testing.assert_close(trace.mtp[key], expected.mtp[key], equal_nan=True)
+
+
+def test_playground_knobs_start_at_the_cards_default(nano):
+    pg = Playground(nano)
+    assert pg.greedy.value is True  # MiMo-nano's default decoding is greedy, as lab.generate's
+    assert (pg.temperature.value, pg.top_p.value) == (0.6, 0.95)  # the recommended sampling, for resampling
+    pg._set("What is 12 + 30?", None, {"seed": 0})
+    pg.generate_button.click()
+    pg.wait(60)
+    assert pg.trace.sampling == nano.generate("What is 12 + 30?", seed=0).sampling
+    assert pg.trace.sampling["source"] == "default"
+
+
+def test_trace_viewer_refuses_an_unknown_colour(lab):
+    trace = lab.generate("What is 1 + 2?", seed=0, max_new_tokens=5, mtp=False)
+    with pytest.raises(ValueError, match="color_by='prob' is not accepted"):
+        TraceViewer(trace, color_by="prob")
+    with pytest.raises(ValueError, match="needs a trace with MTP"):
+        TraceViewer(trace, color_by="mtp_target_prob")
+    with pytest.raises(TypeError, match="trace=str"):
+        TraceViewer("x")
