@@ -388,5 +388,5 @@ _RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "top_texts": ((list,), True), "finish_reason": ((str,), True), "prompt_text": ((str,), False),
     "model_name": ((str,), False), "revision": ((str, type(None)), False), "sampling": ((dict,), False),
     "seed": ((int, type(None)), False), "think_start": ((str, type(None)), False),
-    "think_end": ((str, type(None)), False), "meta": ((dict,), False),
+    "think_end": ((str, type(None)), False), "meta": ((dict,), False), "tokenizer_fingerprint": ((str,), False),
 }

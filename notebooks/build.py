@@ -148,7 +148,6 @@ TEMPERATURE = 0.6                  # for the sampled traces
 import re
 
 import mimo_lab
-from mimo_lab.probe.lens import logit_lens, mtp_lens
 
 lab = mimo_lab.load(MODEL)
 trace = lab.generate(PROMPT, greedy=True)

@@ -67,7 +67,7 @@ def empty_run(tmp_path_factory):
     ({"out": ""}, ValueError, "out"),
     ({"temperature": -1.0}, ValueError, "temperature"),
     ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
-    ({"nucleus": 0.9}, ValueError, "nucleus"),
+    ({"nucleus": 0.9}, TypeError, "nucleus"),
 ])
 def test_run_refuses_bad_arguments_before_writing(nano, suite_file, tmp_path, kwargs, error, name):
     with pytest.raises(error, match=name):
