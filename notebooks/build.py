@@ -151,7 +151,7 @@ import mimo_lab
 
 lab = mimo_lab.load(MODEL)
 trace = lab.generate(PROMPT, greedy=True)
-start = trace.prompt_ids.numel()           # where generation begins in prompt + trace positions
+start = trace.prompt_length                 # the position of the first generated token (prompt tokens come first)
 print(trace.thinking)
 """),
         md("## Activations\nNamed sites (`resid`, `attn_out`, `mlp_out`) per layer. Row p of every tensor is position p: the prompt's tokens first, then the trace's, the same positions every probe uses. Saved as safetensors + JSON."),
