@@ -177,10 +177,15 @@ def _install_shift(lab, layer: int, shift: torch.Tensor) -> None:
     layer still read the value before the shift. The shift therefore goes into the body that
     nnsight's controller runs: every forward pass, traced by nnsight or not (`lab.generate`),
     then sees the steered output. (Asking for this decoder layer's `.source` inside the block
-    would swap that body for nnsight's instrumented copy and drop the shift; the probes only use
-    `self_attn.source`.)
+    would swap a plain body for nnsight's instrumented copy and drop the shift, so the layer is
+    source-instrumented first: a later `.source` then keeps the body, shift included. The
+    instrumented body is inert outside a trace.)
     """
-    lab.nn  # noqa: B018 - nnsight's controller must wrap the layer before its body is wrapped
+    envoy = lab.nn.model.layers[layer]  # nnsight's controller must wrap the layer before its body is wrapped
+    try:
+        envoy.source  # noqa: B018 - instrument now, so `.source` inside the block cannot replace the body
+    except Exception:  # noqa: BLE001 - a layer nnsight cannot instrument: `.source` is unavailable anyway
+        pass
     module = lab.model.model.layers[layer]
     state = module.__dict__.get("__nnsight__")
     if state is None or not hasattr(state, "body"):

@@ -307,3 +307,29 @@ def test_suppression_with_thought_anchors_settings(lab, trace):
     exact = suppress_sentence(lab, trace, 1)
     assert exact.settings["temperature"] == 1.0 and not torch.allclose(exact.kl, result.kl)
     assert suppression_matrix(lab, trace, kl="thought_anchors").settings == result.settings
+
+
+def test_steering_survives_source_of_the_steered_layer_and_plain_calls(lab, vector):
+    """nnsight swaps a layer's body for an instrumented copy the first time its `.source` is asked
+    for; inside a steering block that must not drop the shift (for this trace or later plain calls),
+    and an exception inside the block must leave nothing behind."""
+    text, scale = "What is 1 + 2?", 3.0
+    ids = _enc(lab, text)
+    fresh = mimo_lab.load(lab.name)  # a layer that was never source-instrumented
+    vec = SteeringVector(vector.vector, 1, vector.norm)
+    with torch.no_grad():
+        plain = fresh.model(ids, output_hidden_states=True).hidden_states[2]
+    shift = scale * vec.norm * vec.direction
+    with fresh.steer(vec, scale):
+        with fresh.nn.trace(ids):
+            fresh.nn.model.layers[1].source  # noqa: B018
+            out = fresh.nn.model.layers[1].output.save()
+        with torch.no_grad():
+            later = fresh.model(ids, output_hidden_states=True).hidden_states[2]
+    out = out[0] if isinstance(out, tuple) else out
+    torch.testing.assert_close(out, plain + shift, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(later, plain + shift, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="boom"), fresh.steer(vec, scale):
+        raise RuntimeError("boom")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model(ids, output_hidden_states=True).hidden_states[2], plain)
