@@ -11,7 +11,9 @@ alone rejects them:
 - a one-row or one-column `pmatrix` / `bmatrix` is the tuple of its entries (`(1,2,3)` against
   `\\begin{pmatrix}1\\\\2\\\\3\\end{pmatrix}`);
 - an inequality in one variable against an interval reference is that interval (`3 < x \\le 4` is
-  `(3,4]`; `x \\ge 2` is `[2,\\infty)`);
+  `(3,4]`; `x \\ge 2` is `[2,\\infty)`); only a reference that is certainly an interval (a square
+  bracket or an infinite end): an open pair `(a,b)` may be a point, so `1 < x < 2` against `(1,2)`
+  stays wrong, as with math-verify alone;
 - several boxed answers against a reference of as many comma-separated items (`\\boxed{1}` and
   `\\boxed{-2}` against `1,-2`): the last that many boxed answers, joined (rule `boxed_several`);
   a single `\\boxed{1}` against `1,-2` stays wrong.
@@ -86,8 +88,12 @@ def _vector(text: str) -> str | None:
 
 
 def _is_interval(text: str) -> bool:
+    """An interval for certain: `(3,4]`, `[2,\\infty)`. An open pair `(a,b)` of finite ends is as
+    often a point (MATH-500: `(-2,1)`, `(15,-29)`, `(8,-2)`), so `-2 < x < 1` against it stays wrong."""
     text = _normalise(text)
-    return bool(re.fullmatch(r"[(\[].*,.*[)\]]", text)) and len(top_level_items(text)) == 1
+    if not (re.fullmatch(r"[(\[].*,.*[)\]]", text) and len(top_level_items(text)) == 1):
+        return False
+    return text[0] == "[" or text[-1] == "]" or "\\infty" in text or "∞" in text
 
 
 def _interval(text: str) -> str | None:

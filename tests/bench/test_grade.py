@@ -86,6 +86,12 @@ def test_grade_records_extraction_and_errors(monkeypatch):
     ("3 < x < 4", "(3,4]", False),  # must stay wrong
     ("(3,4)", "(3,4]", False),
     ("x > 2", "[2,\\infty)", False),
+    ("x < 2", "(-\\infty, 2)", True),
+    # an open pair of finite ends may be a point (MATH-500's midpoint (-1,6), point (8,-2)): no rewrite,
+    # as math-verify alone rejects these too
+    ("-1 < x < 6", "(-1,6)", False),
+    ("8 > y > -2", "(-2,8)", False),
+    ("-2 < x < 1", "(-2,1)", False),
 ])
 def test_normalised_equivalence(answer, reference, same):
     assert equivalent(answer, reference) is same
