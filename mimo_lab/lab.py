@@ -358,16 +358,24 @@ def _env_threads() -> int | None:
         raise ValueError(f"MIMO_LAB_THREADS={env!r} is not accepted: a whole number >= 1 is") from err
 
 
+_threads_set_by_load: int | None = None  # what the last small-model load() set, to undo it for a large one
+
+
 def choose_threads(threads: int | None, model, device: torch.device | None) -> int:
     """CPU threads for torch: `threads`, else $MIMO_LAB_THREADS, else 1 for a model under 50M parameters
     on the CPU (more threads only add synchronisation there, and under CPU contention torch's default
-    made MiMo-nano's generation 10-20x slower), else torch's default."""
+    made MiMo-nano's generation 10-20x slower), else the current setting: a large model keeps what the
+    user set with `torch.set_num_threads`, and gets torch's default back only where an earlier load() of
+    a small model lowered it."""
     threads = _env_threads() if threads is None else threads
     if threads is not None:
         return threads
     params = sum(p.numel() for p in model.parameters())
     on_cpu = device is not None and device.type == "cpu"
-    return 1 if on_cpu and params < SMALL_MODEL_PARAMS else _TORCH_DEFAULT_THREADS
+    if on_cpu and params < SMALL_MODEL_PARAMS:
+        return 1
+    current = torch.get_num_threads()
+    return _TORCH_DEFAULT_THREADS if current == _threads_set_by_load else current
 
 
 def plan_device_map(config, max_memory: dict, dtype=torch.bfloat16) -> dict[str, int | str]:
@@ -410,7 +418,8 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
         simulates that round trip on this machine; False (default) runs here.
     weights: False loads config, tokenizer and card only (for the vLLM backend, which loads its own).
     threads: torch's CPU threads (process-wide; default $MIMO_LAB_THREADS, else 1 for a model under 50M
-        parameters on the CPU, else torch's default); shown in the Lab's repr.
+        parameters on the CPU; a larger model keeps the current setting, or torch's default where an
+        earlier load() lowered it); shown in the Lab's repr.
     """
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -482,6 +491,9 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
     # a folder written by `mimo-lab nano train` (the shipped one or a retrain) is a MiMo-nano
     trained_nano = is_nano or (folder / "train_settings.json").is_file()
     card = NANO_CARD if trained_nano else card_for(name, config, tokenizer, generation_config)
+    global _threads_set_by_load
     chosen = choose_threads(threads, model, torch_device if has_weights else None)
-    torch.set_num_threads(chosen)
+    if chosen != torch.get_num_threads():
+        torch.set_num_threads(chosen)
+        _threads_set_by_load = chosen
     return Lab(model, tokenizer, card, name, revision, remote=remote, has_weights=has_weights, threads=chosen)

@@ -179,13 +179,24 @@ def test_threads_one_for_a_small_model_on_the_cpu_and_overridable(mimo_checkpoin
     assert mimo_lab.load(mimo_checkpoint, device="cpu", threads=1).threads == 1  # the argument wins
 
 
-def test_threads_of_a_large_model_are_torchs_default(monkeypatch):
-    monkeypatch.delenv("MIMO_LAB_THREADS", raising=False)
+def test_threads_of_a_large_model_are_left_alone(restore_threads):
     big = torch.nn.Linear(8000, 7000)  # 56M parameters
-    assert lab_module.choose_threads(None, big, torch.device("cpu")) == lab_module._TORCH_DEFAULT_THREADS
+    torch.set_num_threads(3)  # the user's own setting: a large model keeps it
+    assert lab_module.choose_threads(None, big, torch.device("cpu")) == 3
+    assert lab_module.choose_threads(None, torch.nn.Linear(10, 10), torch.device("cuda")) == 3
     assert lab_module.choose_threads(None, torch.nn.Linear(10, 10), torch.device("cpu")) == 1
-    assert lab_module.choose_threads(None, torch.nn.Linear(10, 10), torch.device("cuda")) == \
-        lab_module._TORCH_DEFAULT_THREADS
+    restore_threads.setattr(lab_module, "_threads_set_by_load", 3)  # ... unless a small model's load() set it
+    assert lab_module.choose_threads(None, big, torch.device("cpu")) == lab_module._TORCH_DEFAULT_THREADS
+
+
+def test_loading_a_large_model_after_nano_restores_the_threads(mimo_checkpoint, restore_threads):
+    torch.set_num_threads(2)
+    assert mimo_lab.load(mimo_checkpoint, device="cpu").threads == 1
+    restore_threads.setattr(lab_module, "SMALL_MODEL_PARAMS", 1000)  # now the same checkpoint counts as large
+    assert mimo_lab.load(mimo_checkpoint, device="cpu").threads == lab_module._TORCH_DEFAULT_THREADS
+    torch.set_num_threads(2)
+    assert mimo_lab.load(mimo_checkpoint, device="cpu").threads == 2  # the user's setting stays
+    assert torch.get_num_threads() == 2
 
 
 @pytest.mark.parametrize("threads, error", [(0, ValueError), (1.5, TypeError), ("4", TypeError)])
