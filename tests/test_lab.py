@@ -209,3 +209,25 @@ def test_bad_mimo_lab_threads_is_refused(mimo_checkpoint, restore_threads, no_he
     restore_threads.setenv("MIMO_LAB_THREADS", "many")
     with pytest.raises(ValueError, match="MIMO_LAB_THREADS='many'"):
         mimo_lab.load(mimo_checkpoint)
+
+
+def test_lab_methods_are_thin_delegates():
+    """Issue 15 C13: lab.py is the index of what a Lab can do; each method that runs the model hands
+    over to the module implementing it in a few lines (no god object)."""
+    import ast
+    import inspect
+    import textwrap
+
+    from mimo_lab.lab import Lab
+
+    runs_the_model = {"generate", "stream", "regenerate", "resample", "capture", "logit_lens", "mtp_lens",
+                      "attention", "attention_between", "receiver_heads", "activation_patching",
+                      "steering_vector", "steer", "suppress_sentence", "suppression_matrix"}
+    public = {name for name, fn in inspect.getmembers(Lab, inspect.isfunction) if not name.startswith("_")}
+    assert runs_the_model <= public
+    for name in sorted(runs_the_model):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(Lab, name)))).body[0]
+        body = [node for node in tree.body
+                if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # docstring
+        statements = sum(1 for node in body for _ in ast.walk(node) if isinstance(_, ast.stmt))
+        assert statements <= 4, f"Lab.{name} has {statements} statements: move the work into its module"
