@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from mimo_lab.checks import check_int
-from mimo_lab.probe.inputs import Encoded, encode, quiet_cache_warning, trace_kwargs
+from mimo_lab.probe.inputs import Encoded, check_layers, encode, quiet_cache_warning, trace_kwargs
 from mimo_lab.segment import segment
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import base_layout, shorten
@@ -60,21 +60,8 @@ def check_layer(lab, layer, name: str = "layer") -> int:
 
 
 def check_layer_list(lab, layers, name: str = "layers") -> list[int]:
-    """None: every layer; an int or a list of ints, kept in the order given (duplicates and [] refused)."""
-    if layers is None:
-        return list(range(lab.num_layers))
-    if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
-        return [check_layer(lab, layers, name)]
-    if isinstance(layers, str | bytes | bool) or not hasattr(layers, "__iter__"):
-        raise TypeError(f"{name}={_show(layers)} ({type(layers).__name__}) is not accepted: an integer, a list of "
-                        "integers or None (every layer) is")
-    out = [check_layer(lab, layer, name) for layer in layers]
-    if not out:
-        raise ValueError(f"{name}=[] is empty: give at least one layer, or None for every layer")
-    repeated = sorted({layer for layer in out if out.count(layer) > 1})
-    if repeated:
-        raise ValueError(f"{name}={_show(list(layers))} repeats layer(s) {repeated}: give each layer once")
-    return out
+    """The shared layer-list check (`mimo_lab.probe.inputs.check_layers`): order kept, [] / repeats / sets refused."""
+    return check_layers(lab, layers, name)
 
 
 def check_positions(values, n: int, name: str, *, unique: bool = True) -> list[int]:

@@ -90,6 +90,7 @@ ATTENTION = [
     (ValueError, "layers", lambda lab, t: lab.receiver_heads([t], layers=[0, 0])),
     (ValueError, "layers", lambda lab, t: lab.receiver_heads([t], layers=[5])),
     (TypeError, "layers", lambda lab, t: lab.receiver_heads([t], layers="0")),
+    (TypeError, "layers", lambda lab, t: lab.receiver_heads([t], layers={1, 0})),  # a set has no order
     (ValueError, "kind", lambda lab, t: lab.receiver_heads([t], kind="paragraph")),
     (ValueError, "queries", lambda lab, t: lab.attention_between(t, [], [0])),
     (ValueError, "keys", lambda lab, t: lab.attention_between(t, [5], [10**6])),
@@ -138,6 +139,7 @@ INTERVENTIONS = [
     (ValueError, "layers", lambda lab, t, v: lab.activation_patching(t, t, "15", layers=[1, 1])),
     (ValueError, "layers", lambda lab, t, v: lab.activation_patching(t, t, "15", layers=[-9])),
     (TypeError, "layers", lambda lab, t, v: lab.activation_patching(t, t, "15", layers=[0.5])),
+    (TypeError, "layers", lambda lab, t, v: lab.activation_patching(t, t, "15", layers={3, 0})),
     (ValueError, "positions", lambda lab, t, v: lab.activation_patching(t, t, "15", positions=[])),
     (ValueError, "positions", lambda lab, t, v: lab.activation_patching(t, t, "15", positions=[10**6])),
     (ValueError, "positions", lambda lab, t, v: lab.activation_patching(t, t, "15", positions=[3, 3])),
