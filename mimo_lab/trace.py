@@ -273,6 +273,10 @@ class Trace:
         return divergence(self, other, _names=("self", "other"))
 
     # ------------------------------------------------------------------ figures
+    def to_frame(self) -> pd.DataFrame:
+        """One row per generated token, indexed by position: the same table as `trace.tokens`."""
+        return self.tokens
+
     def plot(self, kind: str = "sentence"):
         """Entropy and log-prob along the trace, with step boundaries, markers and forks (plotly)."""
         from mimo_lab.viz.timeline import entropy_figure

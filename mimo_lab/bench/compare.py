@@ -49,6 +49,10 @@ class RunComparison:
                 "mean_tokens_b": float(self.pairs["num_tokens_b"].mean()),
                 "mean_change": float((self.pairs["num_tokens_b"] - self.pairs["num_tokens_a"]).mean())}
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per problem: accuracy in a and b and the flip (`per_problem`)."""
+        return self.per_problem
+
     def summary(self) -> dict:
         return {"paired_samples": len(self.pairs), "accuracy_a": float(self.pairs["correct_a"].mean()),
                 "accuracy_b": float(self.pairs["correct_b"].mean()), **self.mcnemar, **self.lengths,

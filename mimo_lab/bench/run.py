@@ -100,6 +100,10 @@ class Run:
         records = self.records
         return summarize(pd.DataFrame(records), self.settings["samples"]) if records else {}
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per graded sample: the same table as `run.frame`."""
+        return self.frame
+
     def per_problem(self) -> pd.DataFrame:
         """One row per problem (n, c, accuracy, pass_at_n, maj_at_n); empty for a run with no samples yet."""
         return per_problem(pd.DataFrame(self.records))

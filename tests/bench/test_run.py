@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from suite_files import write_all
 
@@ -57,6 +58,12 @@ def test_seeds_do_not_depend_on_batching(lab, files, tmp_path):
     assert fa["answer"].tolist() == fb["answer"].tolist()
     comparison = compare_runs(a, b)
     assert comparison.summary()["paired_samples"] == 4 and comparison.mcnemar["p_value"] == 1.0
+    # the result protocol: every result has .to_frame() (and .plot())
+    pd.testing.assert_frame_equal(comparison.to_frame(), comparison.per_problem)
+    pd.testing.assert_frame_equal(a.to_frame(), a.frame)
+    trace = a.trace(a.frame["problem_id"].iloc[0], 0)
+    frame = trace.to_frame()
+    assert list(frame.index) == list(trace.positions) and frame["text"].tolist() == trace.token_texts
 
 
 def test_resume_refuses_other_settings(lab, files, tmp_path):
