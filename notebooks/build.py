@@ -166,7 +166,7 @@ lens = lab.logit_lens(trace, k=3)
 lens.plot(start, min(start + 40, len(lens.positions)))
 """),
         code("""
-position = start + 5                       # any position: the lens, the activations and attention share them
+position = int(trace.forking_tokens().index[0])   # a position from the trace, unchanged: the lens, the activations and attention share them
 print(repr(lens.token_texts[position]), acts["resid"][:, position].norm(dim=-1))
 lens.at(position).query("rank == 0")
 """),
