@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy accept up to 2**64 - 1; a signed 64-bit int is portable
@@ -104,3 +106,12 @@ def _range_text(minimum, maximum, what: str = "an integer") -> str:
     if maximum is not None:
         return f"{what} of at most {maximum}"
     return what
+
+
+def check_path(name: str, value: Any) -> Path:
+    """A file or folder path (str or os.PathLike), not empty: `save("")` would write into the working folder."""
+    if isinstance(value, bool) or not isinstance(value, str | os.PathLike):
+        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a path (str or Path) is")
+    if not str(value).strip():
+        raise ValueError(f"{name}={str(value)!r} is not accepted: a non-empty path naming the file or folder is")
+    return Path(value)

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mimo_lab.answer import extract_answer
-from mimo_lab.checks import check_float, check_int
+from mimo_lab.checks import check_float, check_int, check_path
 from mimo_lab.segment import Segments, segment
 
 FORMAT_VERSION = 1
@@ -306,7 +306,7 @@ class Trace:
 
     def save(self, path: str | Path) -> Path:
         """Write `path/trace.json` (text, settings, model) and `path/tensors.safetensors`."""
-        path = Path(path)
+        path = check_path("path", path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).contiguous().cpu() for name in self._TENSORS}
         if self.mtp is not None:
@@ -329,7 +329,7 @@ class Trace:
         A newer format version is refused (naming both versions); fields unknown to this version are
         ignored; a missing or corrupt field is named with its file.
         """
-        path = Path(path)
+        path = check_path("path", path)
         record_file, tensor_file = path / "trace.json", path / "tensors.safetensors"
         if not record_file.is_file() or not tensor_file.is_file():
             raise FileNotFoundError(f"{path} is not a saved Trace: expected trace.json and tensors.safetensors in it")

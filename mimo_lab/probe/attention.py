@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from mimo_lab.checks import check_int
+from mimo_lab.checks import check_int, check_path
 from mimo_lab.probe.inputs import Encoded, check_layers, encode, quiet_cache_warning, trace_kwargs
 from mimo_lab.segment import segment
 from mimo_lab.trace import Trace
@@ -110,9 +110,7 @@ def _show(value) -> str:
 
 def save_result(path, kind: str, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """One safetensors file: the tensors, plus `meta` as JSON in its metadata (never pickle)."""
-    if not isinstance(path, str | Path):
-        raise TypeError(f"path={_show(path)} ({type(path).__name__}) is not accepted: a file path (str or Path) is")
-    path = Path(path)
+    path = check_path("path", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
               metadata={"mimo_lab": kind, "json": json.dumps(meta)})
@@ -121,9 +119,7 @@ def save_result(path, kind: str, tensors: dict[str, torch.Tensor], meta: dict) -
 
 def load_result(path, kind: str, tensor_names: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, meta) of a file written by `save_result`; the error names the file and the field."""
-    if not isinstance(path, str | Path):
-        raise TypeError(f"path={_show(path)} ({type(path).__name__}) is not accepted: a file path (str or Path) is")
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: no saved {kind} there")
     try:

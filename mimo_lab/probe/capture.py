@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from mimo_lab.checks import check_int
+from mimo_lab.checks import check_int, check_path
 from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode, quiet_cache_warning, trace_kwargs
 from mimo_lab.viz.style import base_layout
 
@@ -100,7 +100,7 @@ def check_window(start, end, stop: int, first: int = 0) -> tuple[int, int]:
 
 def read_saved(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path]:
     """Tensors and metadata of a result saved by `.save`; names the file when it is missing or unreadable."""
-    path = Path(path)
+    path = check_path("path", path)
     if not path.exists():
         raise FileNotFoundError(f"{kind}.load: {str(path)!r} does not exist")
     if not path.is_file():
@@ -210,7 +210,7 @@ class Activations:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: a tensor per site and JSON metadata (layers, tokens, model)."""
-        path = Path(path)
+        path = check_path("path", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"kind": "Activations", "layers": json.dumps(self.layers), "sites": json.dumps(list(self.tensors)),
                 "token_texts": json.dumps(self.token_texts),

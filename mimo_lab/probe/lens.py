@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import torch
 from safetensors.torch import save_file
 
-from mimo_lab.checks import check_bool, check_int
+from mimo_lab.checks import check_bool, check_int, check_path
 from mimo_lab.generation import TokenDecoder
 from mimo_lab.probe.capture import check_chunk_size, check_window, iter_chunks, meta_field, read_saved, tensor_field
 from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode
@@ -93,7 +93,7 @@ class LensResult:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the four tensors and JSON metadata (layers, texts, model)."""
-        path = Path(path)
+        path = check_path("path", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"top_ids": self.top_ids.contiguous(), "top_probs": self.top_probs.contiguous(),
                    "target_prob": self.target_prob.contiguous(), "target_rank": self.target_rank.contiguous()},
@@ -256,7 +256,7 @@ class MTPLens:
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file: the per-position tensors and JSON metadata (texts, labels, convention)."""
-        path = Path(path)
+        path = check_path("path", path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"kind": "MTPLens", "model_name": self.model_name,
                 "zero_first_embedding": json.dumps(self.zero_first_embedding),
