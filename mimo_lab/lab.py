@@ -344,6 +344,14 @@ class Lab:
 
     # ------------------------------------------------------------------ end of attention and interventions
 
+    # ------------------------------------------------------------------ benchmarks
+    def bench(self, suite, *, samples: int = 1, out=None, **options):
+        """Generate, grade and classify `samples` samples per problem of `suite`; returns a resumable `Run`
+        (the same as `mimo_lab.bench.run(lab, suite, ...)`, which documents every option)."""
+        from mimo_lab.bench.run import run
+
+        return run(self, suite, samples=samples, out=out, **options)
+
 
 # ----------------------------------------------------------------------------- load
 

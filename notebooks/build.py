@@ -273,7 +273,7 @@ lab = mimo_lab.load(MODEL)
 suite = bench.nano_suite(per_cell=4) if SUITE == "nano" else bench.load_suite(SUITE)
 out = OUT or tempfile.mkdtemp(prefix="mimo-bench-")
 sampling = {} if MAX_NEW_TOKENS is None else {"max_new_tokens": MAX_NEW_TOKENS}
-result = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, select=SELECT, out=out, **sampling)
+result = lab.bench(suite, samples=SAMPLES, limit=LIMIT, select=SELECT, out=out, **sampling)
 result
 """),
         md("What the run used is recorded with it (and with every sample): the decoding, the problem selection."),
@@ -304,7 +304,7 @@ if len(failures):
 """),
         md("## Comparing two settings\nThe same suite with greedy decoding: which problems flip, is the difference significant (McNemar), and how do failure classes move?"),
         code("""
-greedy = bench.run(lab, suite, samples=SAMPLES, limit=LIMIT, select=SELECT,
+greedy = lab.bench(suite, samples=SAMPLES, limit=LIMIT, select=SELECT,
                    out=tempfile.mkdtemp(prefix="mimo-bench-greedy-"), greedy=True, **sampling)
 comparison = bench.compare_runs(result, greedy)
 display(comparison.summary())
@@ -346,7 +346,7 @@ print(trace.thinking, "\\n\\nanswer:", trace.answer, "| final answer:", trace.fi
         code("""
 import tempfile
 suite = bench.nano_suite(per_cell=2) if MODEL is None else bench.load_suite("math500", limit=10)
-result = bench.run(lab, suite, samples=1, out=tempfile.mkdtemp(), greedy=True)
+result = lab.bench(suite, samples=1, out=tempfile.mkdtemp(), greedy=True)
 result.explore().failure_figure()
 """),
         code("result.explore().failures().head()"),

@@ -56,6 +56,8 @@ def test_seeds_do_not_depend_on_batching(lab, files, tmp_path):
     fa, fb = a.frame.sort_values(key), b.frame.sort_values(key)
     assert fa["seed"].tolist() == fb["seed"].tolist()
     assert fa["answer"].tolist() == fb["answer"].tolist()
+    via_lab = lab.bench(str(files["aime25"]), samples=2, out=tmp_path / "c", max_new_tokens=12, progress=False)
+    assert via_lab.frame.sort_values(key)["answer"].tolist() == fa["answer"].tolist()  # lab.bench = bench.run
     comparison = compare_runs(a, b)
     assert comparison.summary()["paired_samples"] == 4 and comparison.mcnemar["p_value"] == 1.0
     # the result protocol: every result has .to_frame() (and .plot())
