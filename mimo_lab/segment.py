@@ -181,6 +181,8 @@ class Segments(Sequence):
         self._segments = segments
         self.kind = kind
         self.offset = offset
+        # a Trace's segments also carry their token positions [start, end) (`Trace.segments` sets them)
+        self.positions: list[tuple[int, int]] | None = None
 
     def __getitem__(self, i):
         return self._segments[i]
@@ -196,9 +198,13 @@ class Segments(Sequence):
         return [s.label for s in self._segments]
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"index": s.index, "start": s.start, "end": s.end, "label": s.label,
-                              "markers": ", ".join(s.markers), "text": s.stripped} for s in self._segments]
-                            ).set_index("index")
+        """One row per segment: `start` / `end` are character offsets into `text`; a Trace's segments
+        add `start_position` / `end_position`, the token positions [start, end) every probe takes."""
+        rows = [{"index": s.index, "start": s.start, "end": s.end, "label": s.label,
+                 "markers": ", ".join(s.markers), "text": s.stripped} for s in self._segments]
+        for row, (start, end) in zip(rows, self.positions or [], strict=False):
+            row["start_position"], row["end_position"] = start, end
+        return pd.DataFrame(rows).set_index("index")
 
     def _repr_html_(self) -> str:
         return self.to_frame()._repr_html_()

@@ -230,8 +230,10 @@ class Trace:
         if key not in cache:
             span = self.thinking_span or (0, len(self.text))
             # the labeller is kept with its result, so its id cannot be reused while cached
-            cache[key] = (labeller, segment(self.text[span[0]:span[1]], kind=kind, labeller=labeller,
-                                            offset=span[0], full_text=self.text))
+            segments = segment(self.text[span[0]:span[1]], kind=kind, labeller=labeller, offset=span[0],
+                               full_text=self.text)
+            segments.positions = _segment_positions(segments, self.spans, self.prompt_length)
+            cache[key] = (labeller, segments)
         return cache[key][1]
 
     @property
@@ -379,6 +381,18 @@ class Trace:
                                  f"{n} tokens")
         mtp = {k[4:]: v for k, v in tensors.items() if k.startswith("mtp.")} or None
         return cls(**fields, **{name: tensors[name] for name in cls._TENSORS}, mtp=mtp)
+
+
+def _segment_positions(segments: Segments, spans, prompt_length: int) -> list[tuple[int, int]]:
+    """Each segment's token positions [start, end): the tokens that start inside it (empty at the
+    trace's first position when none does)."""
+    of_token = segments.token_segments(spans)
+    out = []
+    for s in segments:
+        members = [i for i, seg in enumerate(of_token) if seg == s.index]
+        out.append((prompt_length + members[0], prompt_length + members[-1] + 1) if members
+                   else (prompt_length, prompt_length))
+    return out
 
 
 def _short(value) -> str:

@@ -418,15 +418,9 @@ def _kl_settings(kl: str, temperature, top_p, max_tokens) -> dict:
 
 def _sentences(trace: Trace, kind: str) -> list[dict]:
     """For each sentence: index, label, text and its [start, end) positions (prompt + generated)."""
-    offset = trace.prompt_length
     segments = trace.segments(kind)
-    of_token = segments.token_segments(trace.spans)
-    out = []
-    for s in segments:
-        members = [i for i, seg in enumerate(of_token) if seg == s.index]
-        start, end = (offset + members[0], offset + members[-1] + 1) if members else (offset, offset)
-        out.append({"sentence": s.index, "label": s.label, "text": s.stripped, "start": start, "end": end})
-    return out
+    return [{"sentence": s.index, "label": s.label, "text": s.stripped, "start": start, "end": end}
+            for s, (start, end) in zip(segments, segments.positions, strict=True)]
 
 
 def _check_trace(trace, kind: str) -> list[dict]:

@@ -333,3 +333,18 @@ def test_steering_survives_source_of_the_steered_layer_and_plain_calls(lab, vect
         raise RuntimeError("boom")
     with torch.no_grad():
         torch.testing.assert_close(fresh.model(ids, output_hidden_states=True).hidden_states[2], plain)
+
+
+def test_a_traces_sentences_carry_the_positions_the_probes_use(lab, trace):
+    """`trace.sentences.to_frame()`'s start/end are character offsets; start_position/end_position are the
+    token positions, the same ones suppression and attention report, and their tokens spell the sentence."""
+    frame = trace.sentences.to_frame()
+    suppressed = suppress_sentence(lab, trace, 0).to_frame()
+    groups = lab.attention(trace, 0, heads=[0]).by_sentence().groups_frame()
+    groups = groups[groups["role"] == "segment"]
+    assert frame["start_position"].tolist() == suppressed["start"].tolist() == groups["start"].tolist()
+    assert frame["end_position"].tolist() == suppressed["end"].tolist() == groups["end"].tolist()
+    for (_, row), sentence in zip(frame.iterrows(), trace.sentences, strict=True):
+        spelled = "".join(trace.tokens.loc[row["start_position"]:row["end_position"] - 1, "text"])
+        assert spelled.strip() == sentence.text.strip()
+        assert trace.text[row["start"]:row["end"]] == sentence.text  # the characters, unchanged
