@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from mimo_lab.checks import check_int, check_path
-from mimo_lab.probe.inputs import Encoded, check_layers, encode, quiet_cache_warning, trace_kwargs
+from mimo_lab.probe.inputs import Encoded, check_layers, encode, need_model, quiet_cache_warning, trace_kwargs
 from mimo_lab.segment import segment
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import base_layout, shorten
@@ -526,6 +526,7 @@ def attention(lab, text_or_trace, layer: int, heads=None, *, query_chunk: int = 
     query_chunk = check_int("query_chunk", query_chunk, minimum=1)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1, none_ok=True)
     max_pattern_tokens = check_int("max_pattern_tokens", max_pattern_tokens, minimum=1)
+    need_model(lab, "attention")
     encoded = encode(lab, text_or_trace)
     q, k = post_rope_qk(lab, encoded.ids, layer, chunk_size)
     config = lab.model.config
@@ -621,6 +622,7 @@ def attention_between(lab, text_or_trace, queries, keys, layers=None, what: str 
     input, see `AttentionResult.mass`)."""
     check_input(text_or_trace)
     layers = check_layer_list(lab, layers)
+    need_model(lab, "attention_between")
     n = encode(lab, text_or_trace).length
     queries = check_positions(queries, n, "queries", unique=False)
     keys = check_positions(keys, n, "keys", unique=False)
@@ -659,6 +661,7 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
     proximity = check_proximity(proximity)
     if kind not in ("sentence", "step"):
         raise ValueError(f"kind={_show(kind)} is not accepted: 'sentence' or 'step' is")
+    need_model(lab, "receiver_heads")
     for i, item in enumerate(traces):  # before any forward pass
         count = len(item.segments(kind) if isinstance(item, Trace) else segment(item, kind=kind))
         if count < proximity + 2:

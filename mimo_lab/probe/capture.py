@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from mimo_lab.checks import check_int, check_path
-from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode, quiet_cache_warning, trace_kwargs
+from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode, need_model, quiet_cache_warning, trace_kwargs
 from mimo_lab.viz.style import base_layout
 
 SITES = ("resid", "attn_out", "mlp_out")
@@ -245,8 +245,7 @@ def capture(lab, text_or_trace, sites=SITES, layers=None, chunk_size: int | None
     layers = check_layers(lab, layers)
     chunk_size = check_chunk_size(chunk_size)
     inputs, single = as_batch(text_or_trace)
-    if not lab.remote:
-        lab._need_weights("capture")
+    need_model(lab, "capture")
     encoded = [encode(lab, item) for item in inputs]  # every input checked before any forward pass
     results = [_capture_one(lab, enc, sites, layers, chunk_size) for enc in encoded]
     return results[0] if single else results

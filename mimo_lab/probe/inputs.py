@@ -172,3 +172,10 @@ def check_layers(lab, layers, name: str = "layers") -> list[int]:
 def _short(value) -> str:
     text = repr(value.tolist() if isinstance(value, torch.Tensor) else value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def need_model(lab, what: str) -> None:
+    """Refuse a probe on a Lab whose model is not here (weights=False), before any work; a remote
+    (NDIF) Lab runs the probe's trace there instead."""
+    if not lab.remote:
+        lab._need_weights(what)

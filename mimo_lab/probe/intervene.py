@@ -37,7 +37,7 @@ from mimo_lab.probe.attention import (
     save_result,
 )
 from mimo_lab.probe.capture import capture
-from mimo_lab.probe.inputs import encode
+from mimo_lab.probe.inputs import encode, need_model
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import LABEL_COLOURS, base_layout, shorten
 
@@ -115,6 +115,7 @@ def activation_patching(lab, clean, corrupted, target: str, layers=None, positio
     """
     target = check_str("target", target)
     layers = check_layer_list(lab, layers)
+    need_model(lab, "activation_patching")
     clean_ids = _patching_ids(lab, clean, target, "clean")
     corrupt_ids = _patching_ids(lab, corrupted, target, "corrupted")
     target_len = len(lab.tokenizer(target, add_special_tokens=False)["input_ids"])

@@ -220,3 +220,16 @@ def test_load_names_a_missing_field(tmp_path):
     path = save_result(tmp_path / "p.safetensors", "PatchingResult", {"other": torch.ones(1)}, {})
     with pytest.raises(ValueError, match=r"p\.safetensors.*'patched_logprob'"):
         PatchingResult.load(path)
+
+
+@pytest.mark.parametrize("call", [
+    lambda lab, t: lab.attention(t, 0),
+    lambda lab, t: lab.attention_between(t, [t.prompt_length], [0]),
+    lambda lab, t: lab.receiver_heads([t], proximity=1),
+    lambda lab, t: lab.activation_patching(t, t, "15"),
+], ids=["attention", "attention_between", "receiver_heads", "activation_patching"])
+def test_a_lab_without_weights_says_so(mimo_checkpoint, trace, call):
+    """load(weights=False) (the vLLM backend's Lab): a clear error, not torch's 'Cannot copy out of meta tensor'."""
+    empty = mimo_lab.load(mimo_checkpoint, weights=False)
+    with pytest.raises(ValueError, match="weights"):
+        call(empty, trace)
