@@ -1020,3 +1020,21 @@ def choice_points(text: str) -> list[tuple[str, int]]:
     for m in re.finditer(r"(?m)^(" + "|".join(map(re.escape, _V2_CHECK_OPENINGS)) + ")", text[:thinking_end]):
         points.append(("check", m.start()))
     return sorted(points, key=lambda item: item[1])
+
+
+# How each strategy's sentence opens (the fork token is its first word); v1 traces open with "I ".
+V2_OPENINGS = {"column": "Column by column", "place_value": "By place value", "borrow": "Borrowing",
+               "count_up": "Counting up", "digits_of_second": "Row by row", "digits_of_first": "Turning it round",
+               "divide": "Dividing", "times_table": "Times table", "spell": "Spelling", "scan": "Scanning",
+               "selection": "Selection", "insertion": "Insertion"}
+
+
+def strategy_of(text: str) -> str | None:
+    """The strategy a trace's first sentence names (a completion or a sampled trace's `text`): a
+    V2_STRATEGIES name, "v1" for a v1 trace's sentence ("I add ..."), None for anything else."""
+    start = text.find("<think>")
+    first = text[0 if start < 0 else start + len("<think>"):].lstrip("\n").split("\n", 1)[0]
+    for name, opening in V2_OPENINGS.items():
+        if first.startswith(opening + ":") or first.startswith(opening + " "):
+            return name
+    return "v1" if first.startswith("I ") else None
