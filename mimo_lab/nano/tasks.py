@@ -996,7 +996,10 @@ def _strip_marks(raw: str) -> tuple[str, tuple]:
             offsets.append((kinds[ch], len("".join(text)) + (1 if ch == _PLAN_MARK else 0)))
         else:
             text.append(ch)
-    return "".join(text), tuple(sorted(offsets, key=lambda item: item[1]))
+    text = "".join(text)
+    # a trace cut right after its strategy sentence has no line where a plan could begin
+    offsets = [(kind, offset) for kind, offset in offsets if not text.startswith("</think>", offset)]
+    return text, tuple(sorted(offsets, key=lambda item: item[1]))
 
 
 _V2_CHECK_OPENINGS = tuple(c.split(":")[0] + ":" for c in V2_CHECKS)
