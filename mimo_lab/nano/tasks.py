@@ -6,7 +6,11 @@ go beyond it (more digits, longer lists, longer words), where the trained model 
 A target trace reads like a reasoning model's: `<think>`, steps in words and digits, a check,
 and sometimes a slip followed by "Wait, ..." and its correction; then `</think>` and a short
 answer ending in `\\boxed{...}`. Slips are frequent (and the model learns to make them) where
-the digits 7 and 8 meet, rare elsewhere, so some greedy traces backtrack too.
+the digits 7 and 8 meet, rare elsewhere, so some greedy traces backtrack too. That is trace style
+"v1", the shipped model's and the default. Style "v2" (`make_example_v2`, `mimo-lab nano train
+--traces v2`) gives every family two strategies, an optional plan, three check phrasings, one slip
+site per trace (a slip noticed with "Wait" or not, or a false alarm) and traces cut short, each
+choice with at least 20% where it is made, so that sampling really forks there.
 
 A tenth of all problems (by a hash of family and operands) is held out: training never draws
 them, evaluation draws only them, so measured accuracy is on problems never seen in training.
