@@ -54,6 +54,13 @@ def _nano_train(args: argparse.Namespace) -> int:
         settings = replace(settings, steps=args.steps)
     if args.seed is not None:
         settings = replace(settings, seed=args.seed)
+    if args.traces is not None:
+        settings = replace(settings, traces=args.traces)
+    zero_first = args.mtp_zero_first_embedding
+    if zero_first is None and args.traces == "v2":
+        zero_first = True  # v2 runs train the MTP layer with the serving engines' slot-0 convention
+    if zero_first is not None:
+        settings = replace(settings, mtp_zero_first_embedding=zero_first)
     out = train(args.out, settings)
     print(f"MiMo-nano written to {out}")
     return 0
@@ -123,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="output folder (checkpoint, loss_log.jsonl)")
     train.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped run's)")
     train.add_argument("--seed", type=int, default=None, help="seed (default: the shipped run's)")
+    train.add_argument("--traces", default=None, choices=["v1", "v2"],
+                       help="trace style of the training data (default: v1, the shipped run's; v2: several "
+                            "strategies, slips, false alarms, traces cut short)")
+    train.add_argument("--mtp-zero-first-embedding", default=None, action=argparse.BooleanOptionalAction,
+                       help="train the MTP layer with slot 0's token embedding zeroed, as vLLM and SGLang serve "
+                            "MiMo (default: on with --traces v2, off otherwise)")
     train.set_defaults(func=_nano_train)
     return parser
 

@@ -6,7 +6,11 @@ go beyond it (more digits, longer lists, longer words), where the trained model 
 A target trace reads like a reasoning model's: `<think>`, steps in words and digits, a check,
 and sometimes a slip followed by "Wait, ..." and its correction; then `</think>` and a short
 answer ending in `\\boxed{...}`. Slips are frequent (and the model learns to make them) where
-the digits 7 and 8 meet, rare elsewhere, so some greedy traces backtrack too.
+the digits 7 and 8 meet, rare elsewhere, so some greedy traces backtrack too. That is trace style
+"v1", the shipped model's and the default. Style "v2" (`make_example_v2`, `mimo-lab nano train
+--traces v2`) gives every family two strategies, an optional plan, three check phrasings, one slip
+site per trace (a slip noticed with "Wait" or not, or a false alarm) and traces cut short, each
+choice with at least 20% where it is made, so that sampling really forks there.
 
 A tenth of all problems (by a hash of family and operands) is held out: training never draws
 them, evaluation draws only them, so measured accuracy is on problems never seen in training.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 
 FAMILIES = ("addition", "subtraction", "multiplication", "linear_equation", "letter_count", "sorting")
@@ -74,6 +79,18 @@ class Example:
     problem: Problem
     completion: str
     slipped: bool
+    # v2 traces (style="v2") fill these; a v1 trace keeps the defaults.
+    style: str = "v1"
+    strategy: str = ""  # the strategy the trace's first sentence chose (V2_STRATEGIES)
+    noticed: bool = False  # the slip was followed by "Wait, ..." and corrected
+    false_alarm: bool = False  # "Wait, let me check ... yes, that is right." where nothing was wrong
+    cut_short: bool = False  # thinking ends part-way; the answer is what was reached
+    # The designed choices made, in order, as (name, option): ("strategy", "column"), ("plan", True),
+    # ("check", 2), ("slip", False), ("false_alarm", True), ("noticed", True), ("cut_short", False).
+    decisions: tuple = ()
+    # (kind, character offset in `completion`) of the designed choice points: "strategy", "plan",
+    # "site" (where "Wait" or going on is chosen: also in traces that went on), "check".
+    choice_offsets: tuple = ()
 
 
 def _check_family_level(family: str, level: int) -> None:
@@ -419,8 +436,14 @@ def _trace_sorting(numbers: tuple, rng: random.Random) -> tuple[str, str, bool]:
     return "\n".join(think), f"Sorted: \\boxed{{{', '.join(map(str, ordered))}}}.", slipper.used
 
 
-def make_example(problem: Problem, rng: random.Random) -> Example:
-    """The target completion for a problem: `<think>\\n...\\n</think>\\n\\nanswer`."""
+def make_example(problem: Problem, rng: random.Random, style: str = "v1") -> Example:
+    """The target completion for a problem: `<think>\\n...\\n</think>\\n\\nanswer`.
+
+    style: "v1" (the shipped model's traces: one strategy) or "v2" (several strategies, check
+    phrasings, slips noticed or not, false alarms, thinking cut short; see `make_example_v2`)."""
+    _check_style(style)
+    if style == "v2":
+        return make_example_v2(problem, rng)
     ops, family = problem.operands, problem.family
     if family == "addition":
         think, answer, slipped = _trace_addition(*ops, rng)
@@ -437,8 +460,11 @@ def make_example(problem: Problem, rng: random.Random) -> Example:
     return Example(problem, f"<think>\n{think}\n</think>\n\n{answer}", slipped)
 
 
-def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES, split="train") -> list[Example]:
-    """n examples (families drawn by TRAIN_WEIGHTS, levels uniformly), reproducible from the seed."""
+def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES, split="train",
+                    style: str = "v1") -> list[Example]:
+    """n examples (families drawn by TRAIN_WEIGHTS, levels uniformly), reproducible from the seed.
+    style: the trace style: "v1" (the shipped model's; today's examples exactly) or "v2"."""
+    _check_style(style)
     for family in families:
         for level in levels:
             _check_family_level(family, level)
@@ -449,7 +475,7 @@ def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES
     for _ in range(n):
         family = rng.choices(families, weights)[0]
         problem = make_problem(family, rng.choice(list(levels)), rng, split=split)
-        out.append(make_example(problem, rng))
+        out.append(make_example(problem, rng, style))
     return out
 
 
@@ -457,3 +483,565 @@ def eval_problems(per_cell: int, seed: int = 1234, *, levels=ALL_LEVELS, familie
     """Held-out problems: `per_cell` for every (family, level), none of them ever trained on."""
     rng = random.Random(seed)
     return [make_problem(f, lvl, rng, split="eval") for f in families for lvl in levels for _ in range(per_cell)]
+
+
+# ----------------------------------------------------------------------------- v2 traces
+#
+# A v2 trace has the choices a reasoning model forks at, and only those: which strategy (the first
+# sentence), whether to say a plan, at one step whether to slip, whether to notice a slip ("Wait,
+# ...") or raise a false alarm, and how to phrase the check. Every other token follows from what is
+# already written, and every step stays one fact (benchmarks/RESULTS.md: sorted numbers keep letter
+# names, a borrow joins the bottom digit first, the spelling ends in "end").
+#
+# Sampling at temperature 0.6 and top-p 0.95 never draws an option the model gives ~15% or less, so
+# each option below has at least ~25% in its own context. The slip site is one step per trace,
+# which the model can recognise from what is written: the first step whose digits include a 7 or
+# an 8 (arithmetic), the step that reads off x (ax + b = c), the first letter that matches
+# (spelling) or the first group with one (scanning), the first comparison (sorting). At the site
+# the step always ends in "." and the next token is the fork: " Wait" (a slip noticed, or a false
+# alarm) or going on.
+
+TRACE_STYLES = ("v1", "v2")
+V2_STRATEGIES = {
+    "addition": ("column", "place_value"),
+    "subtraction": ("borrow", "count_up"),
+    "multiplication": ("digits_of_second", "digits_of_first"),
+    "linear_equation": ("divide", "times_table"),
+    "letter_count": ("spell", "scan"),
+    "sorting": ("selection", "insertion"),
+}
+V2_STRATEGY_SHARE = 0.5  # the first strategy's share (the second gets the rest)
+V2_PLAN_RATE = 0.4  # a plan sentence after the strategy sentence
+V2_SLIP_RATE = 0.35  # at the slip site: a wrong value
+V2_NOTICE_RATE = 0.75  # a slip followed by "Wait, ..." and its correction (else it goes on, wrong)
+V2_FALSE_ALARM_RATE = 0.25  # at the slip site without a slip: "Wait, let me check ... yes, that is right."
+V2_CUT_SHORT_RATE = 0.06  # thinking cut at a line boundary before the check, then an answer from what was reached
+V2_CHECKS = ("Check: {}. Correct.", "Let me verify: {}. Yes, that is right.", "To be sure: {}. It checks out.")
+V2_CUT_ANSWER = "I stopped before the end; from what I reached: \\boxed{{{}}}."
+_SITE, _CHECK_MARK, _PLAN_MARK = "\x01", "\x02", "\x03"  # placeholders for the choice offsets, removed
+
+
+def _check_style(style: str) -> None:
+    if style not in TRACE_STYLES:
+        raise ValueError(f"trace style {style!r} is not known: choose one of {', '.join(TRACE_STYLES)}")
+
+
+class _Site:
+    """The one step of a v2 trace where it may slip or raise a false alarm: the first eligible step."""
+
+    def __init__(self, rng: random.Random):
+        self.rng, self.event, self.decisions = rng, None, []
+
+    def visit(self, eligible: bool) -> str | None:
+        """None if this step is not the site; else "plain", "false_alarm", "noticed" or "unnoticed"."""
+        if self.event is not None or not eligible:
+            return None
+        slip = self.rng.random() < V2_SLIP_RATE
+        self.decisions.append(("slip", slip))
+        if slip:
+            noticed = self.rng.random() < V2_NOTICE_RATE
+            self.decisions.append(("noticed", noticed))
+            self.event = "noticed" if noticed else "unnoticed"
+        else:
+            alarm = self.rng.random() < V2_FALSE_ALARM_RATE
+            self.decisions.append(("false_alarm", alarm))
+            self.event = "false_alarm" if alarm else "plain"
+        return self.event
+
+
+class _NoSlips(_Slipper):
+    def __init__(self):
+        self.used = False
+
+    def should_slip(self, hard: bool) -> bool:  # noqa: D102
+        return False
+
+
+_NEVER_SLIPS = _NoSlips()
+
+
+def _has_7_or_8(*numbers: int) -> bool:
+    return any(d in "78" for n in numbers for d in str(n))
+
+
+def _fact(site: _Site, eligible: bool, expr: str, right: int, rest, *, sep: str = ", ") -> tuple[str, int]:
+    """One fact `expr = value` and what follows from the value (`rest(value)`, e.g. "write 5, carry 1.").
+    At the site the value may be wrong (a slip): "Wait, ..." corrects it, or it goes on, wrong.
+    Returns (text, the value the trace goes on with)."""
+    event = site.visit(eligible)
+    if event is None:
+        return f"{expr} = {right}{sep}{rest(right)}", right
+    wrong = right - 1 if right > 0 else right + 1
+    if event == "noticed":
+        return f"{expr} = {wrong}.{_SITE} Wait, {expr} = {right}, not {wrong}. So {rest(right)}", right
+    if event == "false_alarm":
+        return (f"{expr} = {right}.{_SITE} Wait, let me check: {expr} = {right}, yes, that is right. "
+                f"So {rest(right)}"), right
+    value = wrong if event == "unnoticed" else right
+    return f"{expr} = {value}.{_SITE} So {rest(value)}", value
+
+
+def _v2_column_add(numbers: list[int], site: _Site) -> tuple[list[str], int]:
+    """Column addition, right to left (v1's lines; the site's step may slip). Returns (lines, the
+    total the lines reach: wrong after an unnoticed slip)."""
+    cols = max(len(str(n)) for n in numbers)
+    rev = [_digits_rev(n) + [0] * (cols - len(str(n))) for n in numbers]
+    lines, carry, reached = [], 0, 0
+    for i in range(cols):
+        terms = [r[i] for r in rev]
+        expr = " + ".join(map(str, terms)) + (f" + {carry}" if carry else "")
+
+        def rest(total: int) -> str:
+            return f"write {total % 10}" + (f", carry {total // 10}." if total // 10 else ".")
+
+        text, total = _fact(site, _has_7_or_8(*terms), expr, sum(terms) + carry, rest)
+        lines.append(f"{PLACES[i]}: {text}")
+        reached += (total % 10) * 10**i
+        carry = total // 10
+    if carry:
+        lines.append(f"{PLACES[cols]}: the carry {carry}, write {carry}.")
+        reached += carry * 10**cols
+    return lines, reached
+
+
+def _v2_place_value_add(a: int, b: int, site: _Site) -> tuple[list[str], int]:
+    """Addition by place value: each place's parts summed (one digit fact with its zeros), from the
+    highest place down, then the parts added in columns."""
+    cols = max(len(str(a)), len(str(b)))
+    ra, rb = _digits_rev(a) + [0] * (cols - len(str(a))), _digits_rev(b) + [0] * (cols - len(str(b)))
+    lines, parts = [], []
+    for i in reversed(range(cols)):
+        unit = 10**i
+        text, value = _fact(site, _has_7_or_8(ra[i], rb[i]), f"{ra[i] * unit} + {rb[i] * unit}",
+                            (ra[i] + rb[i]) * unit, lambda v: "", sep=".")
+        lines.append(f"{PLACES[i]}: {text.removesuffix('So ').rstrip()}")
+        parts.append(value)
+    kept = [p for p in parts if p] or [0]
+    if len(kept) == 1:
+        return lines, kept[0]
+    lines.append("Add the parts: " + " + ".join(map(str, kept)) + ".")
+    column_lines, total = _v2_column_add(kept, site)
+    return lines + column_lines, total
+
+
+def _v2_borrow_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
+    """v1's column subtraction (a borrow joins the bottom digit first); the site's step may slip."""
+    cols = len(str(a))
+    ra, rb = _digits_rev(a), _digits_rev(b) + [0] * (cols - len(str(b)))
+    lines, borrow, digits = [], 0, []
+    for i in range(cols):
+        top, bottom = ra[i], rb[i]
+        take = bottom + borrow
+        head = f"{PLACES[i]}: " + (f"{bottom} and the borrow make {take}. " if borrow else "")
+        need = top < take
+        shown = f"1{top} - {take}" if need else f"{top} - {take}"
+        prefix = f"{head}{top} - {take} needs a borrow, " if need else head
+        text, value = _fact(site, _has_7_or_8(top, bottom), shown, top - take + (10 if need else 0), lambda v: "",
+                            sep=".")
+        lines.append(f"{prefix}{text.removesuffix('So ').rstrip()}")
+        digits.append(value)
+        borrow = 1 if need else 0
+    lines.append(f"The digits from the highest place: {', '.join(map(str, reversed(digits)))}.")
+    return lines, int("".join(map(str, reversed(digits))))
+
+
+def _count_up_steps(a: int, b: int) -> list[tuple[int, int]]:
+    """(from, to) jumps counting up from b to a: to the next ten, hundred, ... while that stays at or
+    below a, then down a's places. Each jump is one digit times a power of ten."""
+    x, p, steps = b, 0, []
+    while 10 ** (p + 1) <= a:
+        unit = 10 ** (p + 1)
+        if x % unit:
+            nxt = (x // unit + 1) * unit
+            if nxt > a:
+                break
+            steps.append((x, nxt))
+            x = nxt
+        p += 1
+    for q in reversed(range(len(str(a)))):
+        target = a // 10**q * 10**q
+        if target > x:
+            steps.append((x, target))
+            x = target
+    return steps
+
+
+def _v2_count_up_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
+    """Subtraction by counting up from the smaller number, then adding the jumps."""
+    steps = _count_up_steps(a, b)
+    if not steps:
+        return [f"From {b} up to {a} is 0."], 0
+    lines, jumps = [], []
+    for start, end in steps:
+        jump = end - start
+        lead = int(str(jump)[0])
+        unit = 10 ** (len(str(jump)) - 1)
+        moved = start // unit % 10  # the digit of `start` at the jump's place
+        event = site.visit(_has_7_or_8(lead, moved))
+        wrong = jump - unit if lead > 1 else jump + unit
+        if event == "noticed":
+            lines.append(f"From {start} up to {end} is {wrong}.{_SITE} Wait, from {start} up to {end} is {jump}, "
+                         f"not {wrong}.")
+        elif event == "false_alarm":
+            lines.append(f"From {start} up to {end} is {jump}.{_SITE} Wait, let me check: {start} + {jump} = {end}, "
+                         "yes, that is right.")
+        else:
+            value = wrong if event == "unnoticed" else jump
+            lines.append(f"From {start} up to {end} is {value}." + (_SITE if event else ""))
+            jump = value
+        jumps.append(jump)
+    if len(jumps) == 1:
+        return lines, jumps[0]
+    lines.append("Add the jumps: " + " + ".join(map(str, jumps)) + ".")
+    column_lines, total = _v2_column_add(jumps, site)
+    return lines + column_lines, total
+
+
+def _v2_long_multiply(top: int, bottom: int, site: _Site) -> tuple[list[str], int]:
+    """`top` times one digit of `bottom` at a time (each row a times-table fact plus a carry), rows
+    shifted and added in columns."""
+    lines, parts = [], []
+    for place, digit in enumerate(_digits_rev(bottom)):
+        steps, carry, row = [], 0, 0
+        for index, d in enumerate(_digits_rev(top)):
+            product = d * digit
+            expr = f"{d} * {digit}" + (f" + {carry} = {product} + {carry}" if carry else "")
+
+            def rest(total: int) -> str:
+                return f"write {total % 10}" + (f", carry {total // 10}." if total // 10 else ".")
+
+            text, total = _fact(site, not carry and _has_7_or_8(d, digit), expr, product + carry, rest)
+            steps.append(text)
+            row += (total % 10) * 10**index
+            carry = total // 10
+        if carry:
+            steps.append(f"Write the carry {carry}.")
+            row += carry * 10 ** len(str(top))
+        line = f"{top} * {digit}: " + " ".join(steps) + f" That gives {row}"
+        if place:
+            row *= 10**place
+            line += f", shifted {place} place{'s' if place > 1 else ''}: {row}"
+        parts.append(row)
+        lines.append(line + ".")
+    if len(parts) == 1:
+        return lines, parts[0]
+    lines.append("Add the parts: " + " + ".join(map(str, parts)) + ".")
+    column_lines, total = _v2_column_add(parts, site)
+    return lines + column_lines, total
+
+
+def _v2_read_x(site: _Site, a: int, rhs: int, x: int, reason: str) -> tuple[str, int]:
+    """The step that reads x off (ax = rhs): the slip site of `ax + b = c`."""
+    event = site.visit(True)
+    if event == "noticed":
+        return (f"So x = {x + 1}.{_SITE} Wait, {a} * {x + 1} = {a * (x + 1)}, not {rhs}. So x = {x}, "
+                f"because {a} * {x} = {rhs}."), x
+    if event == "false_alarm":
+        return f"So x = {x}.{_SITE} Wait, let me check: {a} * {x} = {rhs}, yes, that is right.", x
+    value = x + 1 if event == "unnoticed" else x
+    return f"So x = {value}.{_SITE}" + ("" if event == "unnoticed" else f" {reason}"), value
+
+
+def _v2_linear(a: int, b: int, c: int, strategy: str, site: _Site) -> tuple[list[str], int]:
+    rhs, x = c - b, (c - b) // a
+    if b >= 0:
+        lines = [f"Subtract {b} from both sides: {a}x = {c} - {b}."]
+        lines += _column_sub(c, b, _NEVER_SLIPS)  # v1's columns: the slip site is reading x off
+    else:
+        lines = [f"Add {-b} to both sides: {a}x = {c} + {-b}."]
+        lines += _column_add([c, -b], _NEVER_SLIPS)[0]
+    lines.append(f"So {a}x = {rhs}.")
+    if strategy == "divide":
+        lines.append(f"Divide both sides by {a}: x = {rhs} / {a}.")
+        text, value = _v2_read_x(site, a, rhs, x, f"Because {a} * {x} = {rhs}.")
+    else:
+        # tens first when x has two digits (a * 10, a * 20, ...), so a walk stays short
+        steps = [*range(10, x + 1, 10), *range(x // 10 * 10 + 1, x + 1)] if x >= 10 else range(1, x + 1)
+        walk = ", ".join(f"{a} * {k} = {a * k}" for k in steps)
+        lines.append(f"Up the {a} times table to {rhs}: {walk}.")
+        text, value = _v2_read_x(site, a, rhs, x, f"{a} * {x} = {rhs} is the one.")
+    return lines + [text], value
+
+
+def _v2_spell(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
+    count, items = 0, []
+    for ch in word:
+        if ch != letter:
+            items.append(ch)
+            continue
+        event = site.visit(True)
+        if event in (None, "plain"):
+            count += 1
+            items.append(f"{ch} ({count})" + ("." + _SITE + " Then" if event else ""))
+        elif event == "noticed":
+            count += 1
+            items.append(f"{ch}.{_SITE} Wait, that is the letter {letter}: {ch} ({count}). Then")
+        elif event == "false_alarm":
+            count += 1
+            items.append(f"{ch} ({count}).{_SITE} Wait, let me check: that is the letter {letter}, yes. Then")
+        else:  # unnoticed: the match goes by unmarked
+            items.append(f"{ch}.{_SITE} Then")
+    text = ", ".join([*items, "end"]).replace(" Then, ", " Then ")
+    times = f"time{'' if count == 1 else 's'}"
+    return ["Letters: " + text + ".", f"The letter {letter} appears {count} {times}."], count
+
+
+def _v2_scan(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
+    lines, total = [], 0
+    for start in range(0, len(word), 3):
+        group = word[start:start + 3]
+        spaced, right = " ".join(group), group.count(letter)
+        event = site.visit(right > 0)
+        found = right
+        if event == "noticed":
+            text = f"{spaced}: {right - 1} {letter}.{_SITE} Wait, {spaced} has {right} {letter}, not {right - 1}."
+        elif event == "false_alarm":
+            text = f"{spaced}: {right} {letter}.{_SITE} Wait, let me check: {spaced} has {right} {letter}, yes."
+        else:
+            found = right - 1 if event == "unnoticed" else right
+            text = f"{spaced}: {found} {letter}." + (_SITE if event else "")
+        total += found
+        lines.append(f"{text} Total {total}.")
+    times = f"time{'' if total == 1 else 's'}"
+    return lines + [f"The letter {letter} appears {total} {times}."], total
+
+
+def _v2_smaller(site: _Site, named: dict, x: int, y: int) -> tuple[str, int]:
+    """'a 35 or d 34: 3 = 3, 5 > 4, d 34.' and the number named smaller (the larger after an unnoticed slip)."""
+    def item(n: int) -> str:
+        return f"{named[n]} {n}"
+
+    small, big = min(x, y), max(x, y)
+    compared = f"{item(x)} or {item(y)}: {_compare_digits(x, y)}"
+    event = site.visit(True)
+    if event == "noticed":
+        return f"{compared}, {item(big)}.{_SITE} Wait, {small} < {big}, so {item(small)}.", small
+    if event == "false_alarm":
+        return f"{compared}, {item(small)}.{_SITE} Wait, let me check: {small} < {big}, yes, {item(small)}.", small
+    value = big if event == "unnoticed" else small
+    return f"{compared}, {item(value)}." + (_SITE if event else ""), value
+
+
+def _v2_selection(numbers: tuple, site: _Site) -> tuple[list[str], list[int]]:
+    named = {n: _sort_label(i) for i, n in enumerate(numbers)}
+    left, ordered, lines = list(numbers), [], []
+    while len(left) > 1:
+        parts, best = [f"Left: {', '.join(f'{named[n]} {n}' for n in left)}."], left[0]
+        for n in left[1:]:
+            text, best = _v2_smaller(site, named, best, n)
+            parts.append(text)
+        parts.append(f"{'Next' if ordered else 'The smallest'} is {named[best]} {best}.")
+        lines.append(" ".join(parts))
+        ordered.append(best)
+        left.remove(best)
+    lines.append(f"Left: {named[left[0]]} {left[0]}. The last is {named[left[0]]} {left[0]}.")
+    return lines, ordered + left
+
+
+def _v2_insertion(numbers: tuple, site: _Site) -> tuple[list[str], list[int]]:
+    # Each new number is compared with the sorted list from its smallest end until it is the smaller
+    # of a pair, and goes in there ("at the end" when it never is).
+    named = {n: _sort_label(i) for i, n in enumerate(numbers)}
+
+    def listed(items: list[int]) -> str:
+        return ", ".join(f"{named[n]} {n}" for n in items)
+
+    ordered, lines = [numbers[0]], [f"Start with {named[numbers[0]]} {numbers[0]}."]
+    for n in numbers[1:]:
+        parts, where = [f"Insert {named[n]} {n}:"], len(ordered)
+        for index, m in enumerate(ordered):
+            text, smaller = _v2_smaller(site, named, n, m)
+            parts.append(text)
+            if smaller == n:
+                where = index
+                break
+        if where == len(ordered):
+            parts.append("At the end.")
+        ordered.insert(where, n)
+        parts.append(f"List: {listed(ordered)}.")
+        lines.append(" ".join(parts))
+    return lines, ordered
+
+
+_V2_PLANS = {
+    "column": "Plan: each column with its carry, then check by subtracting.",
+    "place_value": "Plan: add the thousands, hundreds, tens and ones apart, then add the parts.",
+    "borrow": "Plan: each column, borrowing where the top digit is smaller, then check by adding.",
+    "count_up": "Plan: jump to round numbers up to the larger one, then add the jumps.",
+    "digits_of_second": "Plan: one row for each digit of the second factor, then add the rows.",
+    "digits_of_first": "Plan: one row for each digit of the first factor, then add the rows.",
+    "divide": "Plan: get the x term alone, then divide.",
+    "times_table": "Plan: get the x term alone, then find x in the times table.",
+    "spell": "Plan: write out every letter and mark each match.",
+    "scan": "Plan: look at three letters at a time and keep a total.",
+    "selection": "Plan: find the smallest, take it out, and repeat.",
+    "insertion": "Plan: keep a sorted list and put each number in its place.",
+}
+
+
+def _v2_strategy_sentence(family: str, strategy: str, ops: tuple) -> str:
+    # The strategies' sentences differ from their first word: that token is the fork.
+    if family == "addition":
+        a, b = ops
+        return (f"Column by column from the right: I add {a} and {b}." if strategy == "column" else
+                f"By place value: I add {a} and {b} as thousands, hundreds, tens and ones.")
+    if family == "subtraction":
+        a, b = ops
+        return (f"Borrowing column by column: I subtract {b} from {a}." if strategy == "borrow" else
+                f"Counting up: I go from {b} up to {a}.")
+    if family == "multiplication":
+        a, b = ops
+        return (f"Row by row: I multiply {a} by each digit of {b}." if strategy == "digits_of_second" else
+                f"Turning it round: I multiply {b} by each digit of {a}.")
+    if family == "linear_equation":
+        a, b, c = ops
+        return (f"Dividing: I need x in {_equation_text(a, b, c)}." if strategy == "divide" else
+                f"Times table: I need x in {_equation_text(a, b, c)}.")
+    if family == "letter_count":
+        letter, word = ops
+        return (f"Spelling: I spell '{word}' and look for the letter {letter}." if strategy == "spell" else
+                f"Scanning: I look through '{word}' three letters at a time for the letter {letter}.")
+    return ("Selection: I take the smallest of those left each time." if strategy == "selection" else
+            "Insertion: I put each number into a sorted list.")
+
+
+def _v2_body(family: str, strategy: str, ops: tuple, site: _Site) -> tuple[list[str], str, str, str]:
+    """(step lines, the result line, what the check states, the answer text) for one strategy."""
+    if family == "addition":
+        a, b = ops
+        lines, total = (_v2_column_add([a, b], site) if strategy == "column" else _v2_place_value_add(a, b, site))
+        return lines, f"So {a} + {b} = {total}.", f"{total} - {b} = {a}", f"{a} + {b} = \\boxed{{{total}}}."
+    if family == "subtraction":
+        a, b = ops
+        lines, result = _v2_borrow_sub(a, b, site) if strategy == "borrow" else _v2_count_up_sub(a, b, site)
+        return lines, f"So {a} - {b} = {result}.", f"{result} + {b} = {a}", f"{a} - {b} = \\boxed{{{result}}}."
+    if family == "multiplication":
+        a, b = ops
+        lines, product = (_v2_long_multiply(a, b, site) if strategy == "digits_of_second"
+                          else _v2_long_multiply(b, a, site))
+        last = (a % 10) * (b % 10)
+        check = (f"the last digits give {a % 10} * {b % 10} = {last}, which ends in {last % 10}, "
+                 f"and {product} ends in {product % 10}")
+        return lines, f"So {a} * {b} = {product}.", check, f"{a} * {b} = \\boxed{{{product}}}."
+    if family == "linear_equation":
+        a, b, c = ops
+        lines, x = _v2_linear(a, b, c, strategy, site)
+        sign = "+" if b >= 0 else "-"
+        check = f"{a} * {x} {sign} {abs(b)} = {a * x} {sign} {abs(b)} = {c}"
+        return lines, f"The answer is x = {x}.", check, f"x = \\boxed{{{x}}}."
+    if family == "letter_count":
+        letter, word = ops
+        lines, count = _v2_spell(letter, word, site) if strategy == "spell" else _v2_scan(letter, word, site)
+        check = f"{', '.join([letter] * count)} makes {count}" if count else f"no {letter} found, so 0"
+        times = f"time{'' if count == 1 else 's'}"
+        return lines[:-1], lines[-1], check, f"The letter '{letter}' appears \\boxed{{{count}}} {times}."
+    lines, ordered = _v2_selection(ops, site) if strategy == "selection" else _v2_insertion(ops, site)
+    text = ", ".join(map(str, ordered))
+    return lines, f"Sorted: {text}.", " < ".join(map(str, ordered)), f"Sorted: \\boxed{{{text}}}."
+
+
+def _cut_guess(family: str, ops: tuple, thinking: str) -> str:
+    """The answer a trace cut short gives: what its thinking had reached."""
+    if family == "letter_count":
+        marks = re.findall(r"\((\d+)\)|Total (\d+)", thinking)
+        return next((m or t for m, t in reversed(marks)), "0") if marks else "0"
+    if family == "sorting":
+        lists = re.findall(r"List: ([a-z\d, ]+)\.", thinking)
+        placed = ([int(n) for n in re.findall(r"[a-z]+ (\d+)", lists[-1])] if lists else
+                  [int(n) for n in re.findall(r"(?:The smallest|Next) is [a-z]+ (\d+)", thinking)])
+        return ", ".join(map(str, placed + [n for n in ops if n not in placed]))
+    body = thinking.split("\n", 1)[1] if "\n" in thinking else ""
+    numbers = re.findall(r"\d+", body)
+    return numbers[-1] if numbers else "0"
+
+
+def make_example_v2(problem: Problem, rng: random.Random) -> Example:
+    """A v2 target trace: a strategy sentence (V2_STRATEGIES, V2_STRATEGY_SHARE), an optional plan
+    (V2_PLAN_RATE), the strategy's steps with one slip site (V2_SLIP_RATE, V2_NOTICE_RATE,
+    V2_FALSE_ALARM_RATE), the result, a check in one of V2_CHECKS; in V2_CUT_SHORT_RATE of traces
+    the thinking stops at a line boundary before the check and the answer is what was reached."""
+    family, ops = problem.family, problem.operands
+    first, second = V2_STRATEGIES[family]
+    strategy = first if rng.random() < V2_STRATEGY_SHARE else second
+    plan = rng.random() < V2_PLAN_RATE
+    site = _Site(rng)
+    steps, result, check_text, answer = _v2_body(family, strategy, ops, site)
+    check = rng.randrange(len(V2_CHECKS))
+    cut = rng.random() < V2_CUT_SHORT_RATE
+    decisions = [("strategy", strategy), ("plan", plan), *site.decisions, ("check", check), ("cut_short", cut)]
+    lines = [_v2_strategy_sentence(family, strategy, ops) + _PLAN_MARK,
+             *([_V2_PLANS[strategy]] if plan else []), *steps, result,
+             _CHECK_MARK + V2_CHECKS[check].format(check_text)]
+    if cut:
+        # cut after the strategy sentence (and plan) at the earliest, before the check at the latest
+        lines = lines[:rng.randrange(2 if plan else 1, len(lines))]
+        kept = "\n".join(lines)
+        if result not in lines:
+            answer = V2_CUT_ANSWER.format(_cut_guess(family, ops, kept.translate(_MARKS)))
+    raw = "<think>\n" + "\n".join(lines) + "\n</think>\n\n" + answer
+    completion, offsets = _strip_marks(raw)
+    event = site.event if "site" in dict(offsets) else None
+    slipped = event in ("noticed", "unnoticed")
+    return Example(problem, completion, slipped, style="v2", strategy=strategy, noticed=event == "noticed",
+                   false_alarm=event == "false_alarm", cut_short=cut, decisions=tuple(decisions),
+                   choice_offsets=offsets)
+
+
+_MARKS = {ord(_SITE): None, ord(_CHECK_MARK): None, ord(_PLAN_MARK): None}
+
+
+def _strip_marks(raw: str) -> tuple[str, tuple]:
+    """The completion without the placeholders, and (kind, offset) for each choice point."""
+    offsets = [("strategy", len("<think>\n"))]
+    text, kinds = [], {_SITE: "site", _CHECK_MARK: "check", _PLAN_MARK: "plan"}
+    for ch in raw:
+        if ch in kinds:
+            # the plan choice is made where the line after the strategy sentence begins (after "\n")
+            offsets.append((kinds[ch], len("".join(text)) + (1 if ch == _PLAN_MARK else 0)))
+        else:
+            text.append(ch)
+    text = "".join(text)
+    # a trace cut right after its strategy sentence has no line where a plan could begin
+    offsets = [(kind, offset) for kind, offset in offsets if not text.startswith("</think>", offset)]
+    return text, tuple(sorted(offsets, key=lambda item: item[1]))
+
+
+_V2_CHECK_OPENINGS = tuple(c.split(":")[0] + ":" for c in V2_CHECKS)
+
+
+def choice_points(text: str) -> list[tuple[str, int]]:
+    """The designed choice points of a v2 trace found in its text (a completion or a sampled trace's
+    `text`): (kind, character offset), in order. Kinds: "strategy" (the first word of the thinking),
+    "plan" (the start of the next line: a plan sentence or the first step), "wait" (each " Wait":
+    a slip noticed or a false alarm) and "check" (the start of the check line). A slip site where the
+    trace went on without "Wait" leaves no mark in the text: `Example.choice_offsets` has it."""
+    start = text.find("<think>")
+    start = 0 if start < 0 else start + len("<think>\n")
+    end = text.find("</think>")
+    thinking_end = len(text) if end < 0 else end
+    points = [("strategy", start)]
+    newline = text.find("\n", start)
+    if 0 <= newline < thinking_end - 1:
+        points.append(("plan", newline + 1))
+    points += [("wait", m.start()) for m in re.finditer(r" Wait\b", text[:thinking_end])]
+    for m in re.finditer(r"(?m)^(" + "|".join(map(re.escape, _V2_CHECK_OPENINGS)) + ")", text[:thinking_end]):
+        points.append(("check", m.start()))
+    return sorted(points, key=lambda item: item[1])
+
+
+# How each strategy's sentence opens (the fork token is its first word); v1 traces open with "I ".
+V2_OPENINGS = {"column": "Column by column", "place_value": "By place value", "borrow": "Borrowing",
+               "count_up": "Counting up", "digits_of_second": "Row by row", "digits_of_first": "Turning it round",
+               "divide": "Dividing", "times_table": "Times table", "spell": "Spelling", "scan": "Scanning",
+               "selection": "Selection", "insertion": "Insertion"}
+
+
+def strategy_of(text: str) -> str | None:
+    """The strategy a trace's first sentence names (a completion or a sampled trace's `text`): a
+    V2_STRATEGIES name, "v1" for a v1 trace's sentence ("I add ..."), None for anything else."""
+    start = text.find("<think>")
+    first = text[0 if start < 0 else start + len("<think>"):].lstrip("\n").split("\n", 1)[0]
+    for name, opening in V2_OPENINGS.items():
+        if first.startswith(opening + ":") or first.startswith(opening + " "):
+            return name
+    return "v1" if first.startswith("I ") else None

@@ -49,6 +49,14 @@ class TrainSettings:
     # float32): on a CPU with AVX512-BF16 a whole run's steps are 1.17x faster (benchmarks/RESULTS.md),
     # so more steps fit in the 40 minutes.
     bf16: bool = True
+    # The trace style of the training data (`tasks.TRACE_STYLES`): "v1" is the shipped model's (one
+    # strategy per family); "v2" has several strategies, slips noticed or not, false alarms and traces
+    # cut short, so that the model samples like a reasoning model (issue 16).
+    traces: str = "v1"
+    # The MTP layer's slot-0 convention in training (MiMoConfig.mtp_zero_first_embedding, written to
+    # config.json): False = unmasked (the shipped model); True = slot 0's token embedding zeroed, as
+    # vLLM and SGLang serve MiMo. v2 runs set True.
+    mtp_zero_first_embedding: bool = False
     # model shape (~2.3M parameters)
     hidden_size: int = 192
     intermediate_size: int = 512
@@ -68,14 +76,21 @@ class TrainSettings:
             if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
                 accepted = "a whole number" + ("" if low is None else f" of at least {low}")
                 raise ValueError(f"TrainSettings.{name}={value!r}: {accepted} is accepted")
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"TrainSettings.bf16={self.bf16!r}: True or False is accepted")
+        for name in ("bf16", "mtp_zero_first_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainSettings.{name}={getattr(self, name)!r}: True or False is accepted")
+        if self.traces not in tasks.TRACE_STYLES:
+            raise ValueError(f"TrainSettings.traces={self.traces!r}: one of {', '.join(map(repr, tasks.TRACE_STYLES))} "
+                             "is accepted")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"TrainSettings.lr={self.lr!r}, min_lr={self.min_lr!r}: 0 <= min_lr <= lr is accepted")
         if self.num_attention_heads % self.num_key_value_heads or self.hidden_size % self.num_attention_heads:
             raise ValueError(f"TrainSettings: hidden_size={self.hidden_size}, num_attention_heads="
                              f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads}: hidden_size "
                              "a multiple of the heads, and the heads a multiple of the KV heads, is accepted")
+
+
+_ADDED_SETTINGS = {"traces": "v1", "mtp_zero_first_embedding": False}  # settings added after the shipped run
 
 
 def model_config(settings: TrainSettings, tokenizer) -> MiMoConfig:
@@ -92,7 +107,9 @@ def model_config(settings: TrainSettings, tokenizer) -> MiMoConfig:
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         num_nextn_predict_layers=1,
-        mtp_zero_first_embedding=False,  # MiMo-nano's MTP trains on every slot unmasked (the card records it)
+        # the MTP layer's slot-0 convention: `losses` trains it (its MTP call takes the config's), config.json
+        # and the card record it
+        mtp_zero_first_embedding=settings.mtp_zero_first_embedding,
         hidden_act="silu",
         attention_dropout=0.0,
         bos_token_id=None,
@@ -109,7 +126,7 @@ def prompt_text(tokenizer, prompt: str) -> str:
 
 
 def make_tokenizer(settings: TrainSettings):
-    examples = tasks.sample_examples(settings.tokenizer_corpus, seed=settings.seed + 10_000)
+    examples = tasks.sample_examples(settings.tokenizer_corpus, seed=settings.seed + 10_000, style=settings.traces)
     texts = [prompt_text_raw(e.problem.prompt) + e.completion + IM_END for e in examples]
     return build_tokenizer(texts)
 
@@ -127,9 +144,9 @@ def encode(tokenizer, example: tasks.Example) -> tuple[list[int], int]:
 
 
 @functools.lru_cache(maxsize=1)  # a pool serves `pool_batches` consecutive steps
-def _encoded_pool(seed: int, size: int, tokenizer) -> list[tuple[list[int], int]]:
+def _encoded_pool(seed: int, size: int, tokenizer, traces: str = "v1") -> list[tuple[list[int], int]]:
     """The pool's examples encoded and sorted by length (callers only slice it)."""
-    examples = tasks.sample_examples(size, seed=seed)
+    examples = tasks.sample_examples(size, seed=seed, style=traces)
     return sorted((encode(tokenizer, e) for e in examples), key=lambda pair: len(pair[0]))
 
 
@@ -137,7 +154,7 @@ def batch_for_step(step: int, settings: TrainSettings, tokenizer) -> tuple[torch
     """(input_ids, attention_mask, loss_mask) for a step: a pure function of (seed, step)."""
     pool_index, slot = divmod(step, settings.pool_batches)
     seed = settings.seed * 1_000_003 + pool_index
-    encoded = _encoded_pool(seed, settings.batch_size * settings.pool_batches, tokenizer)
+    encoded = _encoded_pool(seed, settings.batch_size * settings.pool_batches, tokenizer, settings.traces)
     order = list(range(settings.pool_batches))
     random.Random(seed).shuffle(order)
     chunk = encoded[order[slot] * settings.batch_size:(order[slot] + 1) * settings.batch_size]
@@ -154,7 +171,8 @@ def batch_for_step(step: int, settings: TrainSettings, tokenizer) -> tuple[torch
 
 def losses(model: MiMoForCausalLM, input_ids, attention, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(next-token loss, MTP t+2 loss), both on completion tokens only."""
-    logits, mtp_logits = model.forward_with_mtp(input_ids, attention)
+    # zero_first_embedding=None: the config's convention (TrainSettings.mtp_zero_first_embedding)
+    logits, mtp_logits = model.forward_with_mtp(input_ids, attention, zero_first_embedding=None)
     vocab = logits.shape[-1]
     main = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1), reduction="none")
     main = (main * loss_mask[:, 1:].reshape(-1)).sum() / loss_mask[:, 1:].sum()
@@ -206,7 +224,8 @@ def train(out: str | Path, settings: TrainSettings | None = None, *, progress: b
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings_file = out / "train_settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != asdict(settings):
+    # a folder written before a setting existed ran with its default
+    if settings_file.exists() and {**_ADDED_SETTINGS, **json.loads(settings_file.read_text())} != asdict(settings):
         raise ValueError(f"{out} holds a run with other settings ({settings_file}); use a new --out")
     settings_file.write_text(json.dumps(asdict(settings), indent=1))
     torch.set_num_threads(settings.threads)
@@ -281,6 +300,11 @@ def write_model_card(folder: str | Path, quality_markdown: str | None = None) ->
     last = log[-10:]
     final_loss = sum(r["loss"] for r in last) / len(last)
     final_mtp = sum(r["mtp_loss"] for r in last) / len(last)
+    traces = settings.get("traces", "v1")
+    zero_first = settings.get("mtp_zero_first_embedding", False)
+    command_options = (f" --traces {traces}" if traces != "v1" else "") + (
+        "" if zero_first == (traces == "v2") else
+        " --mtp-zero-first-embedding" if zero_first else " --no-mtp-zero-first-embedding")
     card_path = folder / "README.md"
     previous_quality = None
     if quality_markdown is None and card_path.exists():
@@ -300,7 +324,7 @@ def write_model_card(folder: str | Path, quality_markdown: str | None = None) ->
         "## How it was made",
         "",
         "```",
-        f"mimo-lab nano train --out DIR    # seed {settings['seed']}, {settings['steps']} steps",
+        f"mimo-lab nano train --out DIR{command_options}    # seed {settings['seed']}, {settings['steps']} steps",
         "```",
         "",
         f"- {params:,} parameters (MTP layer included): hidden {config['hidden_size']}, "
@@ -318,7 +342,10 @@ def write_model_card(folder: str | Path, quality_markdown: str | None = None) ->
                                           "unmasked (slot 0 sees the embedding of token 1; vLLM and SGLang zero it)")
         + f" (`mtp_zero_first_embedding: {str(config.get('mtp_zero_first_embedding', True)).lower()}` in config.json,"
         " the default of every MTP call).",
-        "- Data: fresh problems every step from `mimo_lab.nano.tasks` (levels 1-3), never the held-out tenth.",
+        "- Data: fresh problems every step from `mimo_lab.nano.tasks` (levels 1-3), never the held-out tenth; "
+        + (f"trace style {traces}: two strategies per family, an optional plan, three check phrasings, one slip "
+           "site per trace (slips noticed with \"Wait, ...\" or not, false alarms) and traces cut short "
+           "(`tasks.make_example_v2`)." if traces == "v2" else f"trace style {traces} (one strategy per family)."),
         f"- Final loss (mean of the last {len(last)} logged steps): next token {final_loss:.4f}, "
         f"MTP {final_mtp:.4f}; {log[-1]['seconds'] / 60:.1f} minutes of training "
         f"on {settings['threads']} CPU threads. Full log: `loss_log.jsonl`; settings: `train_settings.json`.",

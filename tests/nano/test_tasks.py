@@ -188,3 +188,177 @@ def test_letter_count_trace_spells_and_counts(word, letter):
     marks = [int(item[3:-1]) for item in spelled if len(item) > 1]
     assert marks == list(range(1, word.count(letter) + 1))
     assert [item[0] for item in spelled if len(item) > 1] == [letter] * word.count(letter)
+
+
+# ----------------------------------------------------------------------------- trace styles
+
+def _digest(examples) -> str:
+    import hashlib
+    import json
+
+    rows = [[e.problem.prompt, e.problem.answer, e.completion, e.slipped] for e in examples]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def test_v1_traces_are_unchanged_and_the_default():
+    # hashes of the examples before the v2 style was added: the shipped model's data, byte for byte
+    assert _digest(tasks.sample_examples(3000, seed=0)) == \
+        "f77ff80de461a0fdc40d5b12cbc7d36c8283b88fd81e9b2c04e1d1b200f50716"
+    held = tasks.sample_examples(500, seed=7, levels=tasks.ALL_LEVELS, split="eval")
+    assert _digest(held) == "320fe215594125d8f28e2fa1409dbe7476e4b1531f463756e863fc6aff617b3c"
+    assert tasks.sample_examples(50, seed=3) == tasks.sample_examples(50, seed=3, style="v1")
+    assert all(e.style == "v1" and e.strategy == "" and not e.cut_short for e in held)
+
+
+def test_unknown_trace_style():
+    with pytest.raises(ValueError, match="trace style 'v3' is not known: choose one of v1, v2"):
+        tasks.sample_examples(1, seed=0, style="v3")
+    with pytest.raises(ValueError, match="trace style 'V2'"):
+        tasks.make_example(tasks.problem_from_prompt("addition", (1, 2)), random.Random(0), style="V2")
+
+
+def _v2(family: str, n: int, seed: int = 0, levels=tasks.TRAIN_LEVELS) -> list[tasks.Example]:
+    rng = random.Random(seed)
+    return [tasks.make_example(tasks.make_problem(family, rng.choice(levels), rng), rng, style="v2")
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("family", tasks.FAMILIES)
+def test_v2_traces_are_well_formed_and_right_unless_a_slip_went_unnoticed_or_thinking_was_cut(family):
+    for example in _v2(family, 400):
+        text = example.completion
+        assert text.startswith("<think>\n") and text.count("\n</think>\n\n") == 1
+        thinking, answer = text[len("<think>\n"):].split("\n</think>\n\n")
+        extracted, rule = extract_answer(answer)
+        assert rule == "boxed"
+        assert example.style == "v2" and example.strategy in tasks.V2_STRATEGIES[family]
+        assert tasks.strategy_of(text) == example.strategy
+        assert ("Wait," in thinking) == (example.noticed or example.false_alarm)
+        assert not (example.noticed and example.false_alarm) and (example.slipped or not example.noticed)
+        if not example.cut_short:
+            assert sum(thinking.count(c.split(":")[0] + ":") for c in tasks.V2_CHECKS) == 1
+        else:
+            assert not any(c.split(":")[0] + ":" in thinking for c in tasks.V2_CHECKS)
+        if not example.cut_short and not (example.slipped and not example.noticed):
+            assert extracted == example.problem.answer, text
+        elif not example.cut_short and family != "sorting":
+            # an unnoticed slip is carried on to a wrong answer (a sorting slip may be overtaken by a
+            # smaller number later in the round)
+            assert extracted != example.problem.answer, text
+
+
+def test_v2_strategy_shares():
+    for family in tasks.FAMILIES:
+        examples = _v2(family, 2000, seed=1)
+        first = sum(e.strategy == tasks.V2_STRATEGIES[family][0] for e in examples) / len(examples)
+        assert abs(first - tasks.V2_STRATEGY_SHARE) < 0.04, (family, first)
+
+
+def test_every_designed_choice_is_a_fork_in_its_context():
+    # At T 0.6 / top-p 0.95 an option with ~15% or less is never drawn: each option of every designed
+    # choice has at least 20% where it is made (the cut short is not a choice the model should make)
+    for family in tasks.FAMILIES:
+        options: dict[str, list] = {}
+        for example in _v2(family, 1500, seed=2):
+            for name, option in example.decisions:
+                options.setdefault(name, []).append(option)
+        assert set(options) == {"strategy", "plan", "slip", "noticed", "false_alarm", "check", "cut_short"}
+        for name, made in options.items():
+            if name == "cut_short":
+                continue
+            shares = {option: made.count(option) / len(made) for option in set(made)}
+            assert len(shares) >= 2 and min(shares.values()) >= 0.2, (family, name, shares)
+        assert len(set(options["check"])) == len(tasks.V2_CHECKS)
+
+
+def test_v2_slip_false_alarm_and_cut_short_rates():
+    examples = tasks.sample_examples(3000, seed=4, style="v2")
+    n = len(examples)
+    slipped = [e for e in examples if e.slipped]
+    assert 0.2 < len(slipped) / n < 0.35
+    unnoticed = sum(not e.noticed for e in slipped) / len(slipped)
+    assert 0.18 < unnoticed < 0.32
+    assert 0.08 < sum(e.false_alarm for e in examples) / n < 0.25
+    assert 0.04 < sum(e.cut_short for e in examples) / n < 0.09
+    assert 0.2 < sum("Wait," in e.completion for e in examples) / n < 0.45
+    assert 0.3 < sum(("plan", True) in e.decisions for e in examples) / n < 0.5
+
+
+def test_v2_choice_points_are_located():
+    openings = tuple(c.split(":")[0] + ":" for c in tasks.V2_CHECKS)
+    for example in tasks.sample_examples(600, seed=5, style="v2"):
+        text, offsets = example.completion, example.choice_offsets
+        kinds = [kind for kind, _ in offsets]
+        assert kinds.count("strategy") == 1 and kinds.count("plan") <= 1 and kinds.count("site") <= 1
+        # no plan point only where the thinking was cut right after the strategy sentence
+        assert "plan" in kinds or (example.cut_short and text.split("\n")[2] == "</think>")
+        for kind, offset in offsets:
+            if kind == "strategy":
+                assert offset == len("<think>\n") and text[offset:].startswith(tasks.V2_OPENINGS[example.strategy])
+            elif kind == "plan":  # the line after the strategy sentence: the plan, or the first step
+                assert text[offset - 1] == "\n" and text[offset:].startswith("Plan:") == (("plan", True) in
+                                                                                          example.decisions)
+            elif kind == "check":
+                assert text[offset - 1] == "\n" and text[offset:].startswith(openings)
+            else:  # the site: the step has ended in "." and the next token is the fork
+                assert text[offset - 1] == "." or text[offset - 3:offset] == ". "
+                assert text[offset:].startswith(" Wait,") == (example.noticed or example.false_alarm)
+        # found again from the text alone (as in a sampled trace), the slip site without "Wait" aside
+        found = tasks.choice_points(text)
+        expected = [(("wait" if kind == "site" else kind), offset) for kind, offset in offsets
+                    if kind != "site" or text[offset:].startswith(" Wait")]
+        assert found == expected, (text, found, expected)
+        if "site" in kinds:
+            assert any(name == "slip" for name, _ in example.decisions)
+
+
+def test_cut_short_traces_answer_from_what_was_reached():
+    examples = [e for e in tasks.sample_examples(3000, seed=6, style="v2") if e.cut_short]
+    assert len(examples) > 100
+    guesses = 0
+    for example in examples:
+        thinking, answer = example.completion.split("\n</think>\n\n")
+        assert extract_answer(answer)[1] == "boxed"
+        if answer.startswith("I stopped before the end"):
+            guesses += 1
+            if example.problem.family == "letter_count":  # the count reached so far
+                marks = re.findall(r"\((\d+)\)|Total (\d+)", thinking)
+                reached = next((m or t for m, t in reversed(marks)), "0") if marks else "0"
+                assert extract_answer(answer)[0] == reached
+            if example.problem.family == "sorting":  # every number once
+                got = [int(n) for n in extract_answer(answer)[0].split(", ")]
+                assert sorted(got) == sorted(example.problem.operands)
+        else:  # cut after the result line: the result is the answer
+            assert example.problem.family == "sorting" or extract_answer(answer)[0] in thinking.splitlines()[-1]
+    assert 0.5 < guesses / len(examples) < 1
+
+
+def test_v1_traces_are_read_as_v1():
+    for example in tasks.sample_examples(60, seed=8):
+        assert tasks.strategy_of(example.completion) == "v1"
+        assert tasks.choice_points(example.completion)[0] == ("strategy", len("<think>\n"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.integers(0, 10**6), b=st.integers(0, 10**6), seed=st.integers(0, 1000))
+def test_counting_up_jumps_are_one_digit_each_and_add_up(a, b, seed):
+    a, b = max(a, b), min(a, b)
+    steps = tasks._count_up_steps(a, b)
+    assert sum(end - start for start, end in steps) == a - b
+    for start, end in steps:
+        assert str(end - start).strip("0") in "123456789" and len(str(end - start).strip("0")) == 1
+    # and the trace's arithmetic holds unless the one slip went unnoticed
+    example = tasks.make_example(tasks.problem_from_prompt("subtraction", (a, b)), random.Random(seed), style="v2")
+    if not (example.slipped and not example.noticed) and not example.cut_short:
+        assert extract_answer(example.completion.split("</think>")[1])[0] == str(a - b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(family=st.sampled_from(["addition", "multiplication"]), a=st.integers(0, 99999), b=st.integers(2, 999),
+       seed=st.integers(0, 1000))
+def test_v2_arithmetic_is_right_unless_a_slip_went_unnoticed(family, a, b, seed):
+    example = tasks.make_example(tasks.problem_from_prompt(family, (a, b)), random.Random(seed), style="v2")
+    got = extract_answer(example.completion.split("</think>")[1])[0]
+    if example.cut_short:
+        return
+    assert (got == example.problem.answer) == (not example.slipped or example.noticed), example.completion

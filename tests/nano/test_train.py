@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from mimo_lab.cli import main
 from mimo_lab.models.mimo import MiMoForCausalLM
+from mimo_lab.nano import tasks
 from mimo_lab.nano import train as train_module
 from mimo_lab.nano.train import TrainSettings, batch_for_step, losses, make_tokenizer, model_config, train
 
@@ -123,3 +124,68 @@ def test_cli_rejects_zero_steps_before_writing_anything(tmp_path, capsys):
     assert main(["nano", "train", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
     assert "TrainSettings.steps=0: a whole number of at least 1 is accepted" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"traces": "v3"}, "traces='v3': one of 'v1', 'v2' is accepted"),
+    ({"mtp_zero_first_embedding": 1}, "mtp_zero_first_embedding=1: True or False is accepted"),
+])
+def test_bad_trace_settings_fail_when_made(change, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        replace(TINY, **change)
+
+
+def test_the_shipped_run_keeps_v1_traces_and_the_unmasked_mtp():
+    assert TrainSettings().traces == "v1" and TrainSettings().mtp_zero_first_embedding is False
+
+
+def test_a_v2_run_trains_on_v2_traces_with_the_zero_first_mtp_and_records_both(tmp_path):
+    settings = replace(TINY, steps=20, traces="v2", mtp_zero_first_embedding=True)
+    out = train(tmp_path / "run", settings, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["mtp_zero_first_embedding"] is True
+    recorded = json.loads((out / "train_settings.json").read_text())
+    assert recorded["traces"] == "v2" and recorded["mtp_zero_first_embedding"] is True
+    card = (out / "README.md").read_text()
+    assert "mimo-lab nano train --out DIR --traces v2 " in card and "trace style v2" in card
+    assert "MTP convention at slot 0: token embedding zeroed" in card
+    # the batches are v2 traces, and the MTP loss is the zero-first one
+    tokenizer = make_tokenizer(settings)
+    ids, _, mask = batch_for_step(0, settings, tokenizer)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    assert any(opening in text for text in texts for opening in tasks.V2_OPENINGS.values())
+    model = MiMoForCausalLM.from_pretrained(out)
+    assert model.config.mtp_zero_first_embedding is True
+    with torch.no_grad():
+        _, mtp = losses(model, ids, None, mask)
+        _, zeroed = model.forward_with_mtp(ids, zero_first_embedding=True)
+        _, unmasked = model.forward_with_mtp(ids, zero_first_embedding=False)
+    assert not torch.equal(zeroed, unmasked)
+    vocab = zeroed.shape[-1]
+    expected = torch.nn.functional.cross_entropy(zeroed[:, :-1].reshape(-1, vocab), ids[:, 2:].reshape(-1),
+                                                 reduction="none")
+    expected = (expected * mask[:, 2:].reshape(-1)).sum() / mask[:, 2:].sum()
+    torch.testing.assert_close(mtp, expected)
+
+
+def test_a_folder_from_before_the_trace_settings_resumes(tmp_path):
+    out = train(tmp_path / "run", replace(TINY, steps=2), progress=False)
+    recorded = json.loads((out / "train_settings.json").read_text())
+    for key in ("traces", "mtp_zero_first_embedding"):
+        del recorded[key]
+    (out / "train_settings.json").write_text(json.dumps(recorded))
+    train(out, replace(TINY, steps=2), progress=False)  # the same run: its settings had the defaults
+    with pytest.raises(ValueError, match="other settings"):
+        train(out, replace(TINY, steps=2, traces="v2"), progress=False)
+
+
+@pytest.mark.parametrize("argv, traces, zero_first", [
+    ([], "v1", False), (["--traces", "v2"], "v2", True), (["--traces", "v2", "--no-mtp-zero-first-embedding"], "v2",
+                                                            False),
+    (["--mtp-zero-first-embedding"], "v1", True),
+])
+def test_cli_trace_options(tmp_path, monkeypatch, argv, traces, zero_first):
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda out, settings: seen.setdefault("settings", settings) and out)
+    assert main(["nano", "train", "--out", str(tmp_path / "run"), *argv]) == 0
+    assert seen["settings"].traces == traces and seen["settings"].mtp_zero_first_embedding is zero_first
