@@ -91,7 +91,7 @@ CARDS: dict[str, ModelCard] = {
 
 NANO_CARD = ModelCard(
     name="MiMo-nano", family="mimo", system_prompt="", temperature=0.6, top_p=0.95, max_new_tokens=768,
-    context_length=32768, has_mtp=True, published={}, greedy=True, mtp_zero_first_embedding=False,
+    context_length=32768, has_mtp=True, published={}, greedy=True, mtp_zero_first_embedding=None,
     notes="Tiny MiMo-architecture model trained by `mimo-lab nano train`; see mimo_lab/nano/checkpoint/README.md. "
           "Decodes greedily by default (its accuracy is measured that way); give a temperature to sample "
           "(MiMo's 0.6 is the slider's default).",

@@ -156,6 +156,9 @@ def test_a_v2_run_trains_on_v2_traces_with_the_zero_first_mtp_and_records_both(t
     assert any(opening in text for text in texts for opening in tasks.V2_OPENINGS.values())
     model = MiMoForCausalLM.from_pretrained(out)
     assert model.config.mtp_zero_first_embedding is True
+    import mimo_lab  # the lab's MTP lens follows the folder's convention too (the card leaves it to the config)
+
+    assert mimo_lab.load(out).mtp_lens("What is 1 + 2?").zero_first_embedding is True
     with torch.no_grad():
         _, mtp = losses(model, ids, None, mask)
         _, zeroed = model.forward_with_mtp(ids, zero_first_embedding=True)
