@@ -10,11 +10,13 @@ import difflib
 import html
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from mimo_lab.checks import check_path
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import base_layout, shorten
 
@@ -83,6 +85,22 @@ class Divergence:
         a, b = self._side(self.a), self._side(self.b)
         return (f"Divergence(at position {self.position}: {a['token']!r} (p={a['prob']}) vs {b['token']!r} "
                 f"(p={b['prob']}), after {shorten(self.prefix[-40:], 40)!r})")
+
+    def save(self, path: str | Path) -> Path:
+        """Write both traces (`path/a`, `path/b`, each a saved Trace); the fork is recomputed on load."""
+        path = check_path("path", path)
+        self.a.save(path / "a")
+        self.b.save(path / "b")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Divergence:
+        """Reopen a Divergence written by `save` (FileNotFoundError naming the folder if a trace is missing)."""
+        path = check_path("path", path)
+        for side in ("a", "b"):
+            if not (path / side / "trace.json").is_file():
+                raise FileNotFoundError(f"{path} is not a saved Divergence: {path / side / 'trace.json'} is missing")
+        return divergence(Trace.load(path / "a"), Trace.load(path / "b"))
 
     def _repr_html_(self) -> str:
         if self.identical:

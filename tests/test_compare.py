@@ -42,3 +42,17 @@ def test_identical_and_different_prompts(make_trace, mimo_checkpoint):
     other = make_trace(tok, A, prompt="What is 1 + 1?")
     with pytest.raises(ValueError, match="different prompts"):
         divergence(a, other)
+
+
+def test_divergence_saves_and_loads(nano, tmp_path):
+    """Issue 15 C14: a Divergence holds two Traces, so it saves (it raised nnsight's 'outside a trace')."""
+    from mimo_lab.compare import Divergence
+
+    a = nano.generate("What is 17 + 28?", seed=1, max_new_tokens=20, mtp=False, temperature=1.0)
+    b = nano.generate("What is 17 + 28?", seed=2, max_new_tokens=20, mtp=False, temperature=1.0)
+    fork = a.divergence(b)
+    again = Divergence.load(fork.save(tmp_path / "fork"))
+    assert again.position == fork.position and again.prefix == fork.prefix
+    assert again.a.token_ids.tolist() == a.token_ids.tolist() and again.b.token_ids.tolist() == b.token_ids.tolist()
+    with pytest.raises(FileNotFoundError, match="not a saved Divergence"):
+        Divergence.load(tmp_path / "nothing")
