@@ -581,6 +581,15 @@ def _fact(site: _Site, eligible: bool, expr: str, right: int, rest, *, sep: str 
     return f"{expr} = {value}.{_SITE} So {rest(value)}", value
 
 
+def _v2_add_up(lines: list[str], values: list[int], site: _Site, what: str) -> tuple[list[str], int]:
+    """`lines`, then "Add the {what}: ..." and the values added in columns; one value needs no sum."""
+    if len(values) == 1:
+        return lines, values[0]
+    lines.append(f"Add the {what}: " + " + ".join(map(str, values)) + ".")
+    column_lines, total = _v2_column_add(values, site)
+    return lines + column_lines, total
+
+
 def _v2_column_add(numbers: list[int], site: _Site) -> tuple[list[str], int]:
     """Column addition, right to left (v1's lines; the site's step may slip). Returns (lines, the
     total the lines reach: wrong after an unnoticed slip)."""
@@ -617,11 +626,7 @@ def _v2_place_value_add(a: int, b: int, site: _Site) -> tuple[list[str], int]:
         lines.append(f"{PLACES[i]}: {text.removesuffix('So ').rstrip()}")
         parts.append(value)
     kept = [p for p in parts if p] or [0]
-    if len(kept) == 1:
-        return lines, kept[0]
-    lines.append("Add the parts: " + " + ".join(map(str, kept)) + ".")
-    column_lines, total = _v2_column_add(kept, site)
-    return lines + column_lines, total
+    return _v2_add_up(lines, kept, site, "parts")
 
 
 def _v2_borrow_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
@@ -690,11 +695,7 @@ def _v2_count_up_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
             lines.append(f"From {start} up to {end} is {value}." + (_SITE if event else ""))
             jump = value
         jumps.append(jump)
-    if len(jumps) == 1:
-        return lines, jumps[0]
-    lines.append("Add the jumps: " + " + ".join(map(str, jumps)) + ".")
-    column_lines, total = _v2_column_add(jumps, site)
-    return lines + column_lines, total
+    return _v2_add_up(lines, jumps, site, "jumps")
 
 
 def _v2_long_multiply(top: int, bottom: int, site: _Site) -> tuple[list[str], int]:
@@ -723,11 +724,7 @@ def _v2_long_multiply(top: int, bottom: int, site: _Site) -> tuple[list[str], in
             line += f", shifted {place} place{'s' if place > 1 else ''}: {row}"
         parts.append(row)
         lines.append(line + ".")
-    if len(parts) == 1:
-        return lines, parts[0]
-    lines.append("Add the parts: " + " + ".join(map(str, parts)) + ".")
-    column_lines, total = _v2_column_add(parts, site)
-    return lines + column_lines, total
+    return _v2_add_up(lines, parts, site, "parts")
 
 
 def _v2_read_x(site: _Site, a: int, rhs: int, x: int, reason: str) -> tuple[str, int]:
