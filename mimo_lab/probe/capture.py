@@ -15,7 +15,16 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from mimo_lab.checks import check_int, check_path
-from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode, need_model, quiet_cache_warning, trace_kwargs
+from mimo_lab.probe.inputs import (
+    Encoded,
+    SequencePositions,
+    as_batch,
+    check_layers,
+    encode,
+    need_model,
+    quiet_cache_warning,
+    trace_kwargs,
+)
 from mimo_lab.viz.style import base_layout
 
 SITES = ("resid", "attn_out", "mlp_out")
@@ -146,7 +155,7 @@ def tensor_field(tensors: dict[str, torch.Tensor], name: str, path: Path, kind: 
 # ----------------------------------------------------------------------------- the result
 
 
-class Activations:
+class Activations(SequencePositions):
     """Captured activations: `acts["resid"]` is [layers, positions, hidden] (float32, CPU), layers
     in the order of `acts.layers` (the order asked), row p = position p (`acts.positions`: a
     Trace's prompt tokens first, then its generated tokens); `acts.get(site, layer)` is
@@ -160,14 +169,6 @@ class Activations:
     @property
     def sites(self) -> tuple[str, ...]:
         return tuple(self.tensors)
-
-    @property
-    def positions(self) -> list[int]:
-        return list(range(len(self.token_texts)))
-
-    @property
-    def prompt_length(self) -> int:
-        return self.generation_start
 
     def __getitem__(self, site: str) -> torch.Tensor:
         if site not in self.tensors:

@@ -19,6 +19,22 @@ from mimo_lab.generation import TokenDecoder
 from mimo_lab.trace import Trace, tokenizer_fingerprint
 
 
+class SequencePositions:
+    """For a result over one sequence of `token_texts` whose generation began at `generation_start`:
+    its `positions` (0 .. n-1, the prompt's tokens first) and `prompt_length`."""
+
+    token_texts: list[str]
+    generation_start: int
+
+    @property
+    def positions(self) -> list[int]:
+        return list(range(len(self.token_texts)))
+
+    @property
+    def prompt_length(self) -> int:
+        return self.generation_start
+
+
 @dataclass
 class Encoded:
     """ids [1, n]; token_texts[i]; text = their concatenation; spans into it; generation_start:

@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 from mimo_lab.checks import check_bool, check_int, check_path
 from mimo_lab.generation import TokenDecoder
 from mimo_lab.probe.capture import check_chunk_size, check_window, iter_chunks, meta_field, read_saved, tensor_field
-from mimo_lab.probe.inputs import Encoded, as_batch, check_layers, encode
+from mimo_lab.probe.inputs import Encoded, SequencePositions, as_batch, check_layers, encode
 from mimo_lab.viz.style import base_layout
 
 # ----------------------------------------------------------------------------- logit lens
 
 
-class LensResult:
+class LensResult(SequencePositions):
     """Logit lens over a sequence. For layer l (row, in `layers` order) and position p (column):
     `top_ids` / `top_probs` [layers, positions, k]: the unembedded residual's k most likely next
     tokens; `target_prob` / `target_rank` [layers, positions]: probability and rank of the token
@@ -39,14 +39,6 @@ class LensResult:
         self.target_prob, self.target_rank = target_prob, target_rank
         self.top_texts, self.model_name = top_texts, model_name
         self.generation_start = generation_start
-
-    @property
-    def positions(self) -> list[int]:
-        return list(range(len(self.token_texts)))
-
-    @property
-    def prompt_length(self) -> int:
-        return self.generation_start
 
     def __repr__(self) -> str:
         k = self.top_ids.shape[-1]
