@@ -18,9 +18,10 @@ from typing import Any
 MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy accept up to 2**64 - 1; a signed 64-bit int is portable
 
 
-def _show(value: Any) -> str:
+def show(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages."""
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None,
@@ -30,7 +31,7 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         accepted = "an integer" + (" or None" if none_ok else "")
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: {accepted} is")
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: {accepted} is")
     value = operator.index(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name}={value} is out of range: {_range_text(minimum, maximum)} is accepted")
@@ -44,7 +45,7 @@ def check_float(name: str, value: Any, *, minimum: float | None = None, maximum:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         accepted = "a number" + (" or None" if none_ok else "")
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: {accepted} is")
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: {accepted} is")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name}={value} is not accepted: a finite number is")
@@ -63,7 +64,7 @@ def check_bool(name: str, value: Any, *, none_ok: bool = False) -> bool | None:
     if type(value).__name__ == "bool_":  # numpy.bool_
         return bool(value)
     if not isinstance(value, bool):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: True or False is"
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: True or False is"
                         + (" (or None)" if none_ok else ""))
     return value
 
@@ -73,7 +74,7 @@ def check_str(name: str, value: Any, *, empty_ok: bool = False, none_ok: bool = 
     if value is None and none_ok:
         return None
     if not isinstance(value, str):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a string is"
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: a string is"
                         + (" (or None)" if none_ok else ""))
     if not value and not empty_ok:
         raise ValueError(f"{name}='' is empty: a non-empty string is accepted")
@@ -89,7 +90,7 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
         ok = False
     if not ok:
         error = ValueError if isinstance(value, type(choices[0])) else TypeError
-        raise error(f"{name}={_show(value)} is not accepted: one of {', '.join(map(repr, choices))} is")
+        raise error(f"{name}={show(value)} is not accepted: one of {', '.join(map(repr, choices))} is")
     return value
 
 
@@ -111,7 +112,7 @@ def _range_text(minimum, maximum, what: str = "an integer") -> str:
 def check_path(name: str, value: Any) -> Path:
     """A file or folder path (str or os.PathLike), not empty: `save("")` would write into the working folder."""
     if isinstance(value, bool) or not isinstance(value, str | os.PathLike):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a path (str or Path) is")
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: a path (str or Path) is")
     if not str(value).strip():
         raise ValueError(f"{name}={str(value)!r} is not accepted: a non-empty path naming the file or folder is")
     return Path(value)

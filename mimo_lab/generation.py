@@ -30,7 +30,7 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from mimo_lab.checks import MAX_SEED, check_bool, check_choice, check_float, check_int, check_seed, check_str
+from mimo_lab.checks import MAX_SEED, check_bool, check_choice, check_float, check_int, check_seed, check_str, show
 from mimo_lab.trace import Trace, tokenizer_fingerprint
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "greedy")
@@ -512,29 +512,25 @@ def check_prompt(prompt, name: str = "prompt") -> str | list[dict]:
             raise ValueError(f"{name}='' is empty: a non-empty string or a list of chat messages is accepted")
         return prompt
     if not isinstance(prompt, list | tuple) or not prompt or not all(isinstance(m, dict) for m in prompt):
-        raise TypeError(f"{name}={_show(prompt)} ({type(prompt).__name__}) is not accepted: a non-empty string or "
+        raise TypeError(f"{name}={show(prompt)} ({type(prompt).__name__}) is not accepted: a non-empty string or "
                         "a list of chat messages ({'role': ..., 'content': ...}) is")
     for i, message in enumerate(prompt):
         for key in ("role", "content"):
             if key not in message:
-                raise ValueError(f"{name}[{i}]={_show(message)} has no {key!r}: every chat message needs a 'role' "
+                raise ValueError(f"{name}[{i}]={show(message)} has no {key!r}: every chat message needs a 'role' "
                                  "and a 'content' string")
             if not isinstance(message[key], str):
-                raise TypeError(f"{name}[{i}][{key!r}]={_show(message[key])} ({type(message[key]).__name__}) is "
+                raise TypeError(f"{name}[{i}][{key!r}]={show(message[key])} ({type(message[key]).__name__}) is "
                                 "not accepted: a string is")
     if not any(m["content"] for m in prompt):
         raise ValueError(f"{name}: every message's 'content' is empty: at least one non-empty message is accepted")
     return _copy_prompt(list(prompt))
 
 
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
 
 def check_trace(trace, name: str = "trace") -> Trace:
     if not isinstance(trace, Trace):
-        raise TypeError(f"{name}={_show(trace)} ({type(trace).__name__}) is not accepted: a Trace (from "
+        raise TypeError(f"{name}={show(trace)} ({type(trace).__name__}) is not accepted: a Trace (from "
                         "Lab.generate or Trace.load) is")
     return trace
 
@@ -549,7 +545,7 @@ def format_prompt(lab, prompt, system: str | None = None) -> str:
             {"role": "user", "content": prompt}]
     else:
         if system is not None:
-            raise ValueError(f"system={_show(system)} is for a string prompt: with chat messages, put a "
+            raise ValueError(f"system={show(system)} is for a string prompt: with chat messages, put a "
                              "{'role': 'system', ...} message first in the list")
         messages = prompt
     if lab.tokenizer.chat_template:
@@ -688,7 +684,7 @@ def regenerate(lab, trace: Trace, **overrides) -> Trace:
         settings = sampling_from_record(lab.card, trace.sampling, context_length=lab.card.context_length)
     origin = trace.meta.get("resampled_from")
     if origin is not None and not (isinstance(origin, dict) and isinstance(origin.get("position"), int)):
-        raise ValueError(f"the trace's meta['resampled_from']={_show(origin)} records no position: the resample "
+        raise ValueError(f"the trace's meta['resampled_from']={show(origin)} records no position: the resample "
                          "it came from cannot be re-run")
     if trace.prompt_ids.numel():
         prompt_ids = trace.prompt_ids

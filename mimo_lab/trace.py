@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mimo_lab.answer import extract_answer
-from mimo_lab.checks import check_float, check_int, check_path
+from mimo_lab.checks import check_float, check_int, check_path, show
 from mimo_lab.segment import Segments, segment
 
 FORMAT_VERSION = 1
@@ -360,7 +360,7 @@ class Trace:
             value = record[name]
             if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
                 raise ValueError(f"{record_file}: field {name!r} is corrupt: {type(value).__name__} "
-                                 f"{_short(value)}, expected {' or '.join(k.__name__ for k in kinds)}")
+                                 f"{show(value, 60)}, expected {' or '.join(k.__name__ for k in kinds)}")
             fields[name] = value
         try:
             tensors = load_file(str(tensor_file))
@@ -394,10 +394,6 @@ def _segment_positions(segments: Segments, spans, prompt_length: int) -> list[tu
                    else (prompt_length, prompt_length))
     return out
 
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # trace.json's fields: accepted JSON types, and whether a file without it is refused

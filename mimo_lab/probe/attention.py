@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from mimo_lab.checks import check_int, check_path
+from mimo_lab.checks import check_int, check_path, show
 from mimo_lab.probe.inputs import Encoded, check_layers, encode, need_model, quiet_cache_warning, trace_kwargs
 from mimo_lab.segment import segment
 from mimo_lab.trace import Trace
@@ -47,7 +47,7 @@ def check_input(value, name: str = "text_or_trace"):
     if isinstance(value, Trace):
         return value
     if not isinstance(value, str):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a text (str) or a Trace is")
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: a text (str) or a Trace is")
     if not value:
         raise ValueError(f"{name}='' is empty: a non-empty text or a Trace is accepted")
     return value
@@ -69,13 +69,13 @@ def check_positions(values, n: int, name: str, *, unique: bool = True) -> list[i
     if isinstance(values, numbers.Integral) and not isinstance(values, bool):
         values = [values]
     if isinstance(values, str | bytes | bool) or not hasattr(values, "__iter__"):
-        raise TypeError(f"{name}={_show(values)} ({type(values).__name__}) is not accepted: a position (int) or a "
+        raise TypeError(f"{name}={show(values)} ({type(values).__name__}) is not accepted: a position (int) or a "
                         "list of them is")
     out = [check_int(name, v, minimum=0, maximum=n - 1) for v in values]
     if not out:
         raise ValueError(f"{name}=[] is empty: give at least one position (0 to {n - 1})")
     if unique and len(set(out)) != len(out):
-        raise ValueError(f"{name}={_show(out)} repeats a position: give each position once")
+        raise ValueError(f"{name}={show(out)} repeats a position: give each position once")
     return out
 
 
@@ -86,7 +86,7 @@ def _check_heads(lab, heads) -> list[int]:
     if isinstance(heads, numbers.Integral) and not isinstance(heads, bool):
         heads = [heads]
     if isinstance(heads, str | bytes | bool) or not hasattr(heads, "__iter__"):
-        raise TypeError(f"heads={_show(heads)} ({type(heads).__name__}) is not accepted: a head index, a list of "
+        raise TypeError(f"heads={show(heads)} ({type(heads).__name__}) is not accepted: a head index, a list of "
                         "them or None (every head) is")
     chosen = [check_int("heads", h, minimum=0, maximum=count - 1) for h in heads]
     if not chosen:
@@ -99,10 +99,6 @@ def _check_heads(lab, heads) -> list[int]:
 def check_proximity(proximity) -> int:
     return check_int("proximity", proximity, minimum=1)
 
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ----------------------------------------------------------------------------- saving results
@@ -280,7 +276,7 @@ class SentenceAttention:
         if head is None:
             return self.matrix.nanmean(0), "mean over heads"
         if isinstance(head, bool) or not isinstance(head, numbers.Integral):
-            raise TypeError(f"head={_show(head)} ({type(head).__name__}) is not accepted: a head index or None is")
+            raise TypeError(f"head={show(head)} ({type(head).__name__}) is not accepted: a head index or None is")
         if head not in self.heads:
             raise ValueError(f"head={head} was not computed: the computed heads are {self.heads}")
         return self.matrix[self.heads.index(head)], f"head {head}"
@@ -421,7 +417,7 @@ class AttentionResult:
     def by_sentence(self, kind: str = "sentence", labeller=None) -> SentenceAttention:
         """Sentence x sentence attention (see `SentenceAttention`), reduced block by block."""
         if kind not in ("sentence", "step"):
-            raise ValueError(f"kind={_show(kind)} is not accepted: 'sentence' or 'step' is")
+            raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
         groups, info = self._groups(kind, labeller)
         if (groups < 0).any() or (groups[1:] < groups[:-1]).any():
             raise ValueError("sentence groups must cover every token in order (contiguous spans)")
@@ -462,7 +458,7 @@ class AttentionResult:
         h = 0
         if head is not None:
             if isinstance(head, bool) or not isinstance(head, numbers.Integral):
-                raise TypeError(f"head={_show(head)} ({type(head).__name__}) is not accepted: a head index or None is")
+                raise TypeError(f"head={show(head)} ({type(head).__name__}) is not accepted: a head index or None is")
             if head not in self.heads:
                 raise ValueError(f"head={head} was not computed: the computed heads are {self.heads}")
             h = self.heads.index(head)
@@ -638,7 +634,7 @@ def check_inputs(value, name: str) -> list:
     """A text, a Trace, or a non-empty list of them -> a list (a str is one text)."""
     items = [value] if isinstance(value, str | Trace) else value
     if not isinstance(items, list | tuple):
-        raise TypeError(f"{name}={_show(value)} ({type(value).__name__}) is not accepted: a text, a Trace, or a list "
+        raise TypeError(f"{name}={show(value)} ({type(value).__name__}) is not accepted: a text, a Trace, or a list "
                         "of them is")
     if not items:
         raise ValueError(f"{name}=[] is empty: give at least one text or Trace")
@@ -660,7 +656,7 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
     layers = check_layer_list(lab, layers)
     proximity = check_proximity(proximity)
     if kind not in ("sentence", "step"):
-        raise ValueError(f"kind={_show(kind)} is not accepted: 'sentence' or 'step' is")
+        raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
     need_model(lab, "receiver_heads")
     for i, item in enumerate(traces):  # before any forward pass
         count = len(item.segments(kind) if isinstance(item, Trace) else segment(item, kind=kind))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mimo_lab.checks import show
 from mimo_lab.generation import TokenDecoder
 from mimo_lab.trace import Trace, tokenizer_fingerprint
 
@@ -168,26 +169,23 @@ def check_layers(lab, layers, name: str = "layers") -> list[int]:
             raise TypeError(f"{name}={layers!r} ({type(layers).__name__}) is not accepted: {accepted} is") from None
     if not chosen:
         raise ValueError(f"{name}=[] is empty: give at least one layer (0–{count - 1}), or None for all")
+    shown = show(layers.tolist() if isinstance(layers, torch.Tensor) else layers, 60)
     out: list[int] = []
     for layer in chosen:
         if isinstance(layer, bool) or not (isinstance(layer, numbers.Integral) or (
                 isinstance(layer, torch.Tensor) and layer.dim() == 0 and not layer.is_floating_point())):
-            raise TypeError(f"{name}={_short(layers)}: layer {layer!r} ({type(layer).__name__}) is not accepted: "
+            raise TypeError(f"{name}={shown}: layer {layer!r} ({type(layer).__name__}) is not accepted: "
                             f"{accepted} is")
         layer = operator.index(layer)
         if not -count <= layer < count:
-            raise ValueError(f"{name}={_short(layers)}: layer {layer} out of range: the model has {count} layers "
+            raise ValueError(f"{name}={shown}: layer {layer} out of range: the model has {count} layers "
                              f"(0–{count - 1}, or -{count} to -1 from the end)")
         layer %= count
         if layer in out:
-            raise ValueError(f"{name}={_short(layers)} asks for layer {layer} twice: give each layer once")
+            raise ValueError(f"{name}={shown} asks for layer {layer} twice: give each layer once")
         out.append(layer)
     return out
 
-
-def _short(value) -> str:
-    text = repr(value.tolist() if isinstance(value, torch.Tensor) else value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def need_model(lab, what: str) -> None:

@@ -23,10 +23,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from mimo_lab.checks import check_choice, check_float, check_int, check_str
+from mimo_lab.checks import check_choice, check_float, check_int, check_str, show
 from mimo_lab.generation import TokenDecoder
 from mimo_lab.probe.attention import (
-    _show,
     check_input,
     check_inputs,
     check_layer,
@@ -345,7 +344,7 @@ def steer(lab, vector: SteeringVector, scale: float) -> Steering:
     capture, attention, ...) adds scale * vector.norm * vector.direction to layer vector.layer's
     output at every position; capture at that layer reads the steered value."""
     if not isinstance(vector, SteeringVector):
-        raise TypeError(f"vector={_show(vector)} ({type(vector).__name__}) is not accepted: a SteeringVector "
+        raise TypeError(f"vector={show(vector)} ({type(vector).__name__}) is not accepted: a SteeringVector "
                         "(from lab.steering_vector) is")
     return Steering(lab, vector, scale)
 
@@ -426,9 +425,9 @@ def _sentences(trace: Trace, kind: str) -> list[dict]:
 
 def _check_trace(trace, kind: str) -> list[dict]:
     if not isinstance(trace, Trace):
-        raise TypeError(f"trace={_show(trace)} ({type(trace).__name__}) is not accepted: a Trace is")
+        raise TypeError(f"trace={show(trace)} ({type(trace).__name__}) is not accepted: a Trace is")
     if kind not in ("sentence", "step"):
-        raise ValueError(f"kind={_show(kind)} is not accepted: 'sentence' or 'step' is")
+        raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
     sentences = _sentences(trace, kind)
     if not sentences:
         raise ValueError(f"trace has no {kind}s to suppress (its thinking is empty: {shorten(trace.text, 60)!r})")
