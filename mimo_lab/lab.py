@@ -283,8 +283,6 @@ class Lab:
 
         return mtp_lens(self, text_or_trace, zero_first_embedding=zero_first_embedding, chunk_size=chunk_size)
 
-    # ------------------------------------------------------------------ end of capture and lenses
-
     # ------------------------------------------------------------------ probes: attention and interventions
     # (thin delegates to mimo_lab.probe.attention and mimo_lab.probe.intervene)
 
@@ -341,8 +339,6 @@ class Lab:
 
         return suppression_matrix(self, trace, kind, kl=kl, temperature=temperature, top_p=top_p,
                                   max_tokens=max_tokens)
-
-    # ------------------------------------------------------------------ end of attention and interventions
 
     # ------------------------------------------------------------------ benchmarks
     def bench(self, suite, *, samples: int = 1, out=None, **options):
