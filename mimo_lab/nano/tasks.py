@@ -512,7 +512,7 @@ V2_STRATEGIES = {
 }
 V2_STRATEGY_SHARE = 0.5  # the first strategy's share (the second gets the rest)
 V2_PLAN_RATE = 0.4  # a plan sentence after the strategy sentence
-V2_SLIP_RATE = 0.35  # at the slip site: a wrong value
+V2_SLIP_RATE = 0.3  # at the slip site: a wrong value (a number: one step off either way, so each ~15%)
 V2_NOTICE_RATE = 0.75  # a slip followed by "Wait, ..." and its correction (else it goes on, wrong)
 V2_FALSE_ALARM_RATE = 0.25  # at the slip site without a slip: "Wait, let me check ... yes, that is right."
 V2_CUT_SHORT_RATE = 0.06  # thinking cut at a line boundary before the check, then an answer from what was reached
@@ -548,6 +548,16 @@ class _Site:
             self.event = "false_alarm" if alarm else "plain"
         return self.event
 
+    def wrong(self, right: int, unit: int = 1, avoid=(), most: int | None = None) -> int:
+        """The slipped value: `unit` above or below `right`, never negative and never a number the
+        step reads (`avoid`: copying an operand would be a shortcut to a 'slip'), so the slip's
+        share is split between two values and the right one stays the clear favourite under greedy
+        decoding."""
+        options = [v for v in (right - unit, right + unit)
+                   if v >= 0 and v not in avoid and (most is None or v <= most)]
+        options = options or [right - unit if right >= unit else right + unit]
+        return options[0] if len(options) == 1 else self.rng.choice(options)
+
 
 class _NoSlips(_Slipper):
     def __init__(self):
@@ -564,14 +574,15 @@ def _has_7_or_8(*numbers: int) -> bool:
     return any(d in "78" for n in numbers for d in str(n))
 
 
-def _fact(site: _Site, eligible: bool, expr: str, right: int, rest, *, sep: str = ", ") -> tuple[str, int]:
+def _fact(site: _Site, eligible: bool, expr: str, right: int, rest, *, sep: str = ", ", unit: int = 1,
+          avoid=(), most: int | None = None) -> tuple[str, int]:
     """One fact `expr = value` and what follows from the value (`rest(value)`, e.g. "write 5, carry 1.").
-    At the site the value may be wrong (a slip): "Wait, ..." corrects it, or it goes on, wrong.
-    Returns (text, the value the trace goes on with)."""
+    At the site the value may be wrong (a slip, `_Site.wrong`): "Wait, ..." corrects it, or it goes
+    on, wrong. Returns (text, the value the trace goes on with)."""
     event = site.visit(eligible)
     if event is None:
         return f"{expr} = {right}{sep}{rest(right)}", right
-    wrong = right - 1 if right > 0 else right + 1
+    wrong = site.wrong(right, unit, avoid, most)
     if event == "noticed":
         return f"{expr} = {wrong}.{_SITE} Wait, {expr} = {right}, not {wrong}. So {rest(right)}", right
     if event == "false_alarm":
@@ -603,7 +614,7 @@ def _v2_column_add(numbers: list[int], site: _Site) -> tuple[list[str], int]:
         def rest(total: int) -> str:
             return f"write {total % 10}" + (f", carry {total // 10}." if total // 10 else ".")
 
-        text, total = _fact(site, _has_7_or_8(*terms), expr, sum(terms) + carry, rest)
+        text, total = _fact(site, _has_7_or_8(*terms), expr, sum(terms) + carry, rest, avoid=(*terms, carry))
         lines.append(f"{PLACES[i]}: {text}")
         reached += (total % 10) * 10**i
         carry = total // 10
@@ -622,7 +633,8 @@ def _v2_place_value_add(a: int, b: int, site: _Site) -> tuple[list[str], int]:
     for i in reversed(range(cols)):
         unit = 10**i
         text, value = _fact(site, _has_7_or_8(ra[i], rb[i]), f"{ra[i] * unit} + {rb[i] * unit}",
-                            (ra[i] + rb[i]) * unit, lambda v: "", sep=".")
+                            (ra[i] + rb[i]) * unit, lambda v: "", sep=".", unit=unit,
+                            avoid=(ra[i] * unit, rb[i] * unit))
         lines.append(f"{PLACES[i]}: {text.removesuffix('So ').rstrip()}")
         parts.append(value)
     kept = [p for p in parts if p] or [0]
@@ -641,8 +653,9 @@ def _v2_borrow_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
         need = top < take
         shown = f"1{top} - {take}" if need else f"{top} - {take}"
         prefix = f"{head}{top} - {take} needs a borrow, " if need else head
-        text, value = _fact(site, _has_7_or_8(top, bottom), shown, top - take + (10 if need else 0), lambda v: "",
-                            sep=".")
+        value = top - take + (10 if need else 0)
+        text, value = _fact(site, _has_7_or_8(top, bottom), shown, value, lambda v: "", sep=".",
+                            avoid=(top, take), most=9)
         lines.append(f"{prefix}{text.removesuffix('So ').rstrip()}")
         digits.append(value)
         borrow = 1 if need else 0
@@ -683,7 +696,7 @@ def _v2_count_up_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
         unit = 10 ** (len(str(jump)) - 1)
         moved = start // unit % 10  # the digit of `start` at the jump's place
         event = site.visit(_has_7_or_8(lead, moved))
-        wrong = jump - unit if lead > 1 else jump + unit
+        wrong = site.wrong(jump, unit, avoid=(0,)) if event else jump
         if event == "noticed":
             lines.append(f"From {start} up to {end} is {wrong}.{_SITE} Wait, from {start} up to {end} is {jump}, "
                          f"not {wrong}.")
@@ -711,7 +724,8 @@ def _v2_long_multiply(top: int, bottom: int, site: _Site) -> tuple[list[str], in
             def rest(total: int) -> str:
                 return f"write {total % 10}" + (f", carry {total // 10}." if total // 10 else ".")
 
-            text, total = _fact(site, not carry and _has_7_or_8(d, digit), expr, product + carry, rest)
+            text, total = _fact(site, not carry and _has_7_or_8(d, digit), expr, product + carry, rest,
+                                avoid=(d, digit))
             steps.append(text)
             row += (total % 10) * 10**index
             carry = total // 10
@@ -727,16 +741,17 @@ def _v2_long_multiply(top: int, bottom: int, site: _Site) -> tuple[list[str], in
     return _v2_add_up(lines, parts, site, "parts")
 
 
-def _v2_read_x(site: _Site, a: int, rhs: int, x: int, reason: str) -> tuple[str, int]:
-    """The step that reads x off (ax = rhs): the slip site of `ax + b = c`."""
+def _v2_read_x(site: _Site, a: int, rhs: int, x: int, lead: str, reason: str) -> tuple[str, int]:
+    """The step that reads x off (ax = rhs), `lead` + the value: the slip site of `ax + b = c`."""
     event = site.visit(True)
+    wrong = site.wrong(x, avoid=(0, a, rhs)) if event else x
     if event == "noticed":
-        return (f"So x = {x + 1}.{_SITE} Wait, {a} * {x + 1} = {a * (x + 1)}, not {rhs}. So x = {x}, "
+        return (f"{lead}{wrong}.{_SITE} Wait, {a} * {wrong} = {a * wrong}, not {rhs}. So x = {x}, "
                 f"because {a} * {x} = {rhs}."), x
     if event == "false_alarm":
-        return f"So x = {x}.{_SITE} Wait, let me check: {a} * {x} = {rhs}, yes, that is right.", x
-    value = x + 1 if event == "unnoticed" else x
-    return f"So x = {value}.{_SITE}" + ("" if event == "unnoticed" else f" {reason}"), value
+        return f"{lead}{x}.{_SITE} Wait, let me check: {a} * {x} = {rhs}, yes, that is right.", x
+    value = wrong if event == "unnoticed" else x
+    return f"{lead}{value}.{_SITE}" + ("" if event == "unnoticed" else f" {reason}"), value
 
 
 def _v2_linear(a: int, b: int, c: int, strategy: str, site: _Site) -> tuple[list[str], int]:
@@ -749,14 +764,15 @@ def _v2_linear(a: int, b: int, c: int, strategy: str, site: _Site) -> tuple[list
         lines += _column_add([c, -b], _NEVER_SLIPS)[0]
     lines.append(f"So {a}x = {rhs}.")
     if strategy == "divide":
-        lines.append(f"Divide both sides by {a}: x = {rhs} / {a}.")
-        text, value = _v2_read_x(site, a, rhs, x, f"Because {a} * {x} = {rhs}.")
+        # v1's one line: the division's numbers next to the value read off
+        text, value = _v2_read_x(site, a, rhs, x, f"Divide both sides by {a}: x = {rhs} / {a} = ",
+                                 f"Because {a} * {x} = {rhs}.")
     else:
         # tens first when x has two digits (a * 10, a * 20, ...), so a walk stays short
         steps = [*range(10, x + 1, 10), *range(x // 10 * 10 + 1, x + 1)] if x >= 10 else range(1, x + 1)
         walk = ", ".join(f"{a} * {k} = {a * k}" for k in steps)
         lines.append(f"Up the {a} times table to {rhs}: {walk}.")
-        text, value = _v2_read_x(site, a, rhs, x, f"{a} * {x} = {rhs} is the one.")
+        text, value = _v2_read_x(site, a, rhs, x, "So x = ", f"{a} * {x} = {rhs} is the one.")
     return lines + [text], value
 
 
@@ -784,23 +800,30 @@ def _v2_spell(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
 
 
 def _v2_scan(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
-    lines, total = [], 0
-    for start in range(0, len(word), 3):
-        group = word[start:start + 3]
-        spaced, right = " ".join(group), group.count(letter)
-        event = site.visit(right > 0)
-        found = right
-        if event == "noticed":
-            text = f"{spaced}: {right - 1} {letter}.{_SITE} Wait, {spaced} has {right} {letter}, not {right - 1}."
+    """A running total written after every letter ("s 0, t 0, r 1, ..."): the site is the first
+    match, where an unnoticed slip leaves the total where it was."""
+    total, items = 0, []
+    for ch in word:
+        if ch != letter:
+            items.append(f"{ch} {total}")
+            continue
+        event = site.visit(True)
+        if event is None:
+            total += 1
+            items.append(f"{ch} {total}")
+        elif event == "noticed":
+            total += 1
+            items.append(f"{ch} {total - 1}.{_SITE} Wait, that is the letter {letter}: {ch} {total}. Then")
         elif event == "false_alarm":
-            text = f"{spaced}: {right} {letter}.{_SITE} Wait, let me check: {spaced} has {right} {letter}, yes."
+            total += 1
+            items.append(f"{ch} {total}.{_SITE} Wait, let me check: that is the letter {letter}, yes. Then")
         else:
-            found = right - 1 if event == "unnoticed" else right
-            text = f"{spaced}: {found} {letter}." + (_SITE if event else "")
-        total += found
-        lines.append(f"{text} Total {total}.")
+            total += event == "plain"
+            items.append(f"{ch} {total}.{_SITE} Then")
+    text = ", ".join(items).replace(" Then, ", " Then ")
+    text = text.removesuffix(" Then") if text.endswith(" Then") else text + "."  # the site ends the list
     times = f"time{'' if total == 1 else 's'}"
-    return lines + [f"The letter {letter} appears {total} {times}."], total
+    return ["Running total: " + text, f"The letter {letter} appears {total} {times}."], total
 
 
 def _v2_smaller(site: _Site, named: dict, x: int, y: int) -> tuple[str, int]:
@@ -870,7 +893,7 @@ _V2_PLANS = {
     "divide": "Plan: get the x term alone, then divide.",
     "times_table": "Plan: get the x term alone, then find x in the times table.",
     "spell": "Plan: write out every letter and mark each match.",
-    "scan": "Plan: look at three letters at a time and keep a total.",
+    "scan": "Plan: write the total so far after every letter.",
     "selection": "Plan: find the smallest, take it out, and repeat.",
     "insertion": "Plan: keep a sorted list and put each number in its place.",
 }
@@ -897,7 +920,7 @@ def _v2_strategy_sentence(family: str, strategy: str, ops: tuple) -> str:
     if family == "letter_count":
         letter, word = ops
         return (f"Spelling: I spell '{word}' and look for the letter {letter}." if strategy == "spell" else
-                f"Scanning: I look through '{word}' three letters at a time for the letter {letter}.")
+                f"Scanning: I keep a running total of the letter {letter} through '{word}'.")
     return ("Selection: I take the smallest of those left each time." if strategy == "selection" else
             "Insertion: I put each number into a sorted list.")
 
@@ -940,7 +963,7 @@ def _v2_body(family: str, strategy: str, ops: tuple, site: _Site) -> tuple[list[
 def _cut_guess(family: str, ops: tuple, thinking: str) -> str:
     """The answer a trace cut short gives: what its thinking had reached."""
     if family == "letter_count":
-        marks = re.findall(r"\((\d+)\)|Total (\d+)", thinking)
+        marks = re.findall(r"\((\d+)\)|[a-z] (\d+)\b", thinking.split("\n", 1)[-1])
         return next((m or t for m, t in reversed(marks)), "0") if marks else "0"
     if family == "sorting":
         lists = re.findall(r"List: ([a-z\d, ]+)\.", thinking)
@@ -948,6 +971,10 @@ def _cut_guess(family: str, ops: tuple, thinking: str) -> str:
                   [int(n) for n in re.findall(r"(?:The smallest|Next) is [a-z]+ (\d+)", thinking)])
         return ", ".join(map(str, placed + [n for n in ops if n not in placed]))
     body = thinking.split("\n", 1)[1] if "\n" in thinking else ""
+    if family == "linear_equation":  # the x read off, once the trace has one
+        read = re.findall(r"(?:So x = |/ \d+ = )(\d+)", body)
+        if read:
+            return read[-1]
     numbers = re.findall(r"\d+", body)
     return numbers[-1] if numbers else "0"
 
