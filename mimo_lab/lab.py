@@ -316,6 +316,13 @@ class Lab:
 
         return steering_vector(self, positive, negative, layer)
 
+    def behaviour_vector(self, traces, layer: int, where="backtracking", *, kind: str = "sentence", lead: int = 1):
+        """In-context steering vector: mean residual at a behaviour's sentences (e.g. "backtracking")
+        within `traces` minus the mean at their other positions; returns `SteeringVector`."""
+        from mimo_lab.probe.intervene import behaviour_vector
+
+        return behaviour_vector(self, traces, layer, where, kind=kind, lead=lead)
+
     def steer(self, vector, scale: float):
         """`with lab.steer(vector, scale):` adds scale x the layer's mean residual norm along `vector`."""
         from mimo_lab.probe.intervene import steer

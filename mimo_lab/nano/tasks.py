@@ -920,7 +920,7 @@ def _v2_strategy_sentence(family: str, strategy: str, ops: tuple) -> str:
     if family == "letter_count":
         letter, word = ops
         return (f"Spelling: I spell '{word}' and look for the letter {letter}." if strategy == "spell" else
-                f"Scanning: I keep a running total of the letter {letter} through '{word}'.")
+                f"Tallying: I keep a running total of the letter {letter} through '{word}'.")
     return ("Selection: I take the smallest of those left each time." if strategy == "selection" else
             "Insertion: I put each number into a sorted list.")
 
@@ -1056,7 +1056,7 @@ def choice_points(text: str) -> list[tuple[str, int]]:
 # How each strategy's sentence opens (the fork token is its first word); v1 traces open with "I ".
 V2_OPENINGS = {"column": "Column by column", "place_value": "By place value", "borrow": "Borrowing",
                "count_up": "Counting up", "digits_of_second": "Row by row", "digits_of_first": "Turning it round",
-               "divide": "Dividing", "times_table": "Times table", "spell": "Spelling", "scan": "Scanning",
+               "divide": "Dividing", "times_table": "Times table", "spell": "Spelling", "scan": "Tallying",
                "selection": "Selection", "insertion": "Insertion"}
 
 

@@ -339,6 +339,73 @@ def steering_vector(lab, positive, negative, layer: int) -> SteeringVector:
     return SteeringVector(pos_mean - neg_mean, layer, norm, lab.name, (n_pos, n_neg))
 
 
+def _sentence_selector(where):
+    """`where` -> a predicate on a sentence (its text and label), with a clear error for anything else."""
+    from mimo_lab.segment import LABELS, MARKERS
+
+    if callable(where):
+        return lambda text, label: bool(where(text))
+    if isinstance(where, str) and where in MARKERS:
+        return lambda text, label: bool(MARKERS[where].search(text))
+    if isinstance(where, str) and where in LABELS:
+        return lambda text, label: label == where
+    raise ValueError(f"where={show(where)} is not accepted: a marker name ({', '.join(MARKERS)}), a sentence label "
+                     f"({', '.join(LABELS)}) or a function of the sentence text is")
+
+
+def behaviour_vector(lab, traces, layer: int, where="backtracking", *, kind: str = "sentence",
+                     lead: int = 1) -> SteeringVector:
+    """A steering vector for one reasoning behaviour, taken in context (Venhoff et al. 2025,
+    arXiv 2506.18167: "difference of means of residual activations between spans of one behaviour
+    (e.g. backtracking) and the rest"): each trace runs once, whole; the mean residual after
+    `layer` at the token positions of its sentences that show the behaviour, minus the mean at all
+    its other generated positions, pooled over `traces`.
+
+    where: a marker name of `mimo_lab.segment.MARKERS` ("backtracking": Wait, Hmm, Actually, ...),
+    a sentence label ("uncertainty_management"), or a function of a sentence's text.
+    lead: the tokens just before each such sentence count with it (1: the position whose
+    next-token prediction is the sentence's first token, e.g. " Wait"); 0 for the sentence alone.
+    `norm` is the mean residual norm over all the generated positions, as `steering_vector`'s.
+    """
+    items = check_inputs(traces, "traces")
+    for i, item in enumerate(items):
+        if not isinstance(item, Trace):
+            raise TypeError(f"traces[{i}]={show(item)} ({type(item).__name__}) is not accepted: a Trace is (the "
+                            "behaviour's positions are found in its sentences)")
+    layer = check_layer(lab, layer)
+    select = _sentence_selector(where)
+    if kind not in ("sentence", "step"):
+        raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
+    lead = check_int("lead", lead, minimum=0)
+    masks = []
+    for trace in items:  # before any forward pass
+        mask = torch.zeros(trace.prompt_length + len(trace), dtype=torch.bool)
+        for row in _sentences(trace, kind):
+            if select(row["text"], row["label"]):
+                mask[max(trace.prompt_length, row["start"] - lead):row["end"]] = True
+        masks.append(mask)
+    if not any(bool(m.any()) for m in masks):
+        raise ValueError(f"where={show(where)}: no sentence of the {len(items)} traces shows the behaviour, so there "
+                         "is nothing to average (sample more traces, or choose another behaviour)")
+    pos_sum = neg_sum = None
+    n_pos = n_neg = 0
+    norm_total = 0.0
+    for trace, mask in zip(items, masks, strict=True):
+        acts = capture(lab, trace, sites="resid", layers=[layer]).get("resid", layer).float()
+        generated = torch.zeros_like(mask)
+        generated[trace.prompt_length:] = True
+        pos, neg = acts[mask], acts[generated & ~mask]
+        pos_sum = pos.sum(0) if pos_sum is None else pos_sum + pos.sum(0)
+        neg_sum = neg.sum(0) if neg_sum is None else neg_sum + neg.sum(0)
+        n_pos, n_neg = n_pos + pos.shape[0], n_neg + neg.shape[0]
+        norm_total += float(acts[generated].norm(dim=-1).sum())
+    if n_neg == 0:
+        raise ValueError(f"where={show(where)}: every generated token is in such a sentence, so there is no rest to "
+                         "contrast with")
+    return SteeringVector(pos_sum / n_pos - neg_sum / n_neg, layer, norm_total / (n_pos + n_neg), lab.name,
+                          (n_pos, n_neg))
+
+
 def steer(lab, vector: SteeringVector, scale: float) -> Steering:
     """A context manager: inside `with steer(lab, vector, scale):` every forward pass (generate,
     capture, attention, ...) adds scale * vector.norm * vector.direction to layer vector.layer's
