@@ -45,6 +45,9 @@ _SORT_SIZES = {1: ((3, 3), 20), 2: ((4, 4), 50), 3: ((5, 5), 99), 4: ((7, 8), 99
 # How often each family is drawn in training: the ones that need more facts get more examples.
 TRAIN_WEIGHTS = {"addition": 1.1, "subtraction": 1.1, "multiplication": 1.1, "linear_equation": 1.0,
                  "letter_count": 2.3, "sorting": 1.2}
+# v2 traces: more of the families retrain v2b got wrong most (multiplication, sorting's insertion)
+V2_TRAIN_WEIGHTS = {"addition": 1.2, "subtraction": 1.1, "multiplication": 1.5, "linear_equation": 1.2,
+                    "letter_count": 1.8, "sorting": 1.6}
 
 _WORDS = """
 cat dog sun map cup red bee egg owl ant box fox jar key pen hat zoo ink
@@ -470,7 +473,7 @@ def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES
             _check_family_level(family, level)
     rng = random.Random(seed)
     families = list(families)
-    weights = [TRAIN_WEIGHTS[f] for f in families]
+    weights = [(V2_TRAIN_WEIGHTS if style == "v2" else TRAIN_WEIGHTS)[f] for f in families]
     out = []
     for _ in range(n):
         family = rng.choices(families, weights)[0]
@@ -497,9 +500,12 @@ def eval_problems(per_cell: int, seed: int = 1234, *, levels=ALL_LEVELS, familie
 # each option below has at least ~25% in its own context. The slip site is one step per trace,
 # which the model can recognise from what is written: the first step whose digits include a 7 or
 # an 8 (arithmetic), the step that reads off x (ax + b = c), the first letter that matches
-# (spelling) or the first group with one (scanning), the first comparison (sorting). At the site
-# the step always ends in "." and the next token is the fork: " Wait" (a slip noticed, or a false
-# alarm) or going on.
+# (spelling, tallying), the first comparison (sorting). At the site the step always ends in "."
+# and the next token is the fork: " Wait" (a slip noticed, or a false alarm) or going on. A slipped
+# number is one step off either way (never a number the step reads: copying one is a shortcut), so
+# the slip's 30% is split between two values and the right value stays greedy decoding's clear
+# choice (retrain v2a, with 35% on one value, slipped greedily: benchmarks/RESULTS.md). The
+# strategies' sentences differ from their first token on: that token is the fork.
 
 TRACE_STYLES = ("v1", "v2")
 V2_STRATEGIES = {
@@ -507,7 +513,7 @@ V2_STRATEGIES = {
     "subtraction": ("borrow", "count_up"),
     "multiplication": ("digits_of_second", "digits_of_first"),
     "linear_equation": ("divide", "times_table"),
-    "letter_count": ("spell", "scan"),
+    "letter_count": ("spell", "tally"),
     "sorting": ("selection", "insertion"),
 }
 V2_STRATEGY_SHARE = 0.5  # the first strategy's share (the second gets the rest)
@@ -519,6 +525,46 @@ V2_CUT_SHORT_RATE = 0.06  # thinking cut at a line boundary before the check, th
 V2_CHECKS = ("Check: {}. Correct.", "Let me verify: {}. Yes, that is right.", "To be sure: {}. It checks out.")
 V2_CUT_ANSWER = "I stopped before the end; from what I reached: \\boxed{{{}}}."
 _SITE, _CHECK_MARK, _PLAN_MARK = "\x01", "\x02", "\x03"  # placeholders for the choice offsets, removed
+
+
+_V2_DESCRIPTIONS = {
+    "column": "column by column from the right, with carries",
+    "place_value": "each place's parts summed (thousands, hundreds, ...), then the parts added",
+    "borrow": "column by column, borrowing where the top digit is smaller",
+    "count_up": "counting up from the smaller number in round jumps, then adding the jumps",
+    "digits_of_second": "one row per digit of the second factor, rows added",
+    "digits_of_first": "the factors turned round: one row per digit of the first factor",
+    "divide": "x term alone, then divide (\"x = 30 / 3 = 10\")",
+    "times_table": "x term alone, then up the times table to the right-hand side",
+    "spell": "every letter spelled, each match numbered (\"r (1)\")",
+    "tally": "a running total written after every letter (\"s 0, t 0, r 1, ...\")",
+    "selection": "the smallest of those left, again and again",
+    "insertion": "each number inserted into a sorted list",
+}
+
+
+def v2_design_markdown() -> str:
+    """The v2 trace design as Markdown (the model card's "How it thinks"): strategies, phrasings, rates."""
+    rows = ["| task | strategy (opening words) | how | share |", "|---|---|---|---|"]
+    for family, (first, second) in V2_STRATEGIES.items():
+        for name, share in ((first, V2_STRATEGY_SHARE), (second, 1 - V2_STRATEGY_SHARE)):
+            rows.append(f"| {family} | {name} (\"{V2_OPENINGS[name]}\") | {_V2_DESCRIPTIONS[name]} | {share:.0%} |")
+    checks = "; ".join(f"\"{c.format('...')}\"" for c in V2_CHECKS)
+    return "\n".join([
+        *rows, "",
+        f"- A plan sentence after the strategy sentence in {V2_PLAN_RATE:.0%} of traces.",
+        "- One slip site per trace (the first step whose digits include a 7 or an 8; reading off x; the first "
+        "matching letter; the first comparison). There: a slip in "
+        f"{V2_SLIP_RATE:.0%} (a number one step off either way, never one the step reads; a letter passed over; "
+        f"the larger number picked), noticed with \"Wait, ...\" and corrected in {V2_NOTICE_RATE:.0%} of slips and "
+        f"carried on to a wrong answer in the rest; without a slip, a false alarm (\"Wait, let me check: ..., yes, "
+        f"that is right.\") in {V2_FALSE_ALARM_RATE:.0%}.",
+        f"- The check, in one of {len(V2_CHECKS)} phrasings: {checks}",
+        f"- {V2_CUT_SHORT_RATE:.0%} of traces cut short at a line boundary, answering from what was reached "
+        f"(\"{V2_CUT_ANSWER.format('...')}\"), unless the result line was reached.",
+        "- At the card's sampling (T 0.6, top-p 0.95) an option with p in its context is drawn with about "
+        "p^(1/0.6) / sum over options: 50% stays 50%, 40% becomes 34%, 25% becomes 14%.",
+    ])
 
 
 def _check_style(style: str) -> None:
@@ -764,15 +810,14 @@ def _v2_linear(a: int, b: int, c: int, strategy: str, site: _Site) -> tuple[list
         lines += _column_add([c, -b], _NEVER_SLIPS)[0]
     lines.append(f"So {a}x = {rhs}.")
     if strategy == "divide":
-        # v1's one line: the division's numbers next to the value read off
-        text, value = _v2_read_x(site, a, rhs, x, f"Divide both sides by {a}: x = {rhs} / {a} = ",
-                                 f"Because {a} * {x} = {rhs}.")
-    else:
-        # tens first when x has two digits (a * 10, a * 20, ...), so a walk stays short
-        steps = [*range(10, x + 1, 10), *range(x // 10 * 10 + 1, x + 1)] if x >= 10 else range(1, x + 1)
-        walk = ", ".join(f"{a} * {k} = {a * k}" for k in steps)
-        lines.append(f"Up the {a} times table to {rhs}: {walk}.")
-        text, value = _v2_read_x(site, a, rhs, x, "So x = ", f"{a} * {x} = {rhs} is the one.")
+        # v1's line, and no slip site: a division is one look-up the model must get right (retrain
+        # v2b, with a 30% slip to x - 1 or x + 1 there, read x off one too low greedily)
+        return lines + [f"Divide both sides by {a}: x = {rhs} / {a} = {x}, because {a} * {x} = {rhs}."], x
+    # tens first when x has two digits (a * 10, a * 20, ...), so a walk stays short
+    steps = [*range(10, x + 1, 10), *range(x // 10 * 10 + 1, x + 1)] if x >= 10 else range(1, x + 1)
+    walk = ", ".join(f"{a} * {k} = {a * k}" for k in steps)
+    lines.append(f"Up the {a} times table to {rhs}: {walk}.")
+    text, value = _v2_read_x(site, a, rhs, x, "So x = ", f"{a} * {x} = {rhs} is the one.")
     return lines + [text], value
 
 
@@ -799,7 +844,7 @@ def _v2_spell(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
     return ["Letters: " + text + ".", f"The letter {letter} appears {count} {times}."], count
 
 
-def _v2_scan(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
+def _v2_tally(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
     """A running total written after every letter ("s 0, t 0, r 1, ..."): the site is the first
     match, where an unnoticed slip leaves the total where it was."""
     total, items = 0, []
@@ -893,7 +938,7 @@ _V2_PLANS = {
     "divide": "Plan: get the x term alone, then divide.",
     "times_table": "Plan: get the x term alone, then find x in the times table.",
     "spell": "Plan: write out every letter and mark each match.",
-    "scan": "Plan: write the total so far after every letter.",
+    "tally": "Plan: write the total so far after every letter.",
     "selection": "Plan: find the smallest, take it out, and repeat.",
     "insertion": "Plan: keep a sorted list and put each number in its place.",
 }
@@ -951,7 +996,7 @@ def _v2_body(family: str, strategy: str, ops: tuple, site: _Site) -> tuple[list[
         return lines, f"The answer is x = {x}.", check, f"x = \\boxed{{{x}}}."
     if family == "letter_count":
         letter, word = ops
-        lines, count = _v2_spell(letter, word, site) if strategy == "spell" else _v2_scan(letter, word, site)
+        lines, count = _v2_spell(letter, word, site) if strategy == "spell" else _v2_tally(letter, word, site)
         check = f"{', '.join([letter] * count)} makes {count}" if count else f"no {letter} found, so 0"
         times = f"time{'' if count == 1 else 's'}"
         return lines[:-1], lines[-1], check, f"The letter '{letter}' appears \\boxed{{{count}}} {times}."
@@ -1056,7 +1101,7 @@ def choice_points(text: str) -> list[tuple[str, int]]:
 # How each strategy's sentence opens (the fork token is its first word); v1 traces open with "I ".
 V2_OPENINGS = {"column": "Column by column", "place_value": "By place value", "borrow": "Borrowing",
                "count_up": "Counting up", "digits_of_second": "Row by row", "digits_of_first": "Turning it round",
-               "divide": "Dividing", "times_table": "Times table", "spell": "Spelling", "scan": "Tallying",
+               "divide": "Dividing", "times_table": "Times table", "spell": "Spelling", "tally": "Tallying",
                "selection": "Selection", "insertion": "Insertion"}
 
 
