@@ -222,7 +222,8 @@ def test_lab_methods_are_thin_delegates():
 
     runs_the_model = {"generate", "stream", "regenerate", "resample", "capture", "logit_lens", "mtp_lens",
                       "attention", "attention_between", "receiver_heads", "activation_patching",
-                      "steering_vector", "behaviour_vector", "steer", "suppress_sentence", "suppression_matrix", "bench"}
+                      "steering_vector", "behaviour_vector", "steer", "suppress_sentence", "suppression_matrix",
+                      "bench"}
     public = {name for name, fn in inspect.getmembers(Lab, inspect.isfunction) if not name.startswith("_")}
     assert runs_the_model <= public
     for name in sorted(runs_the_model):

@@ -18,6 +18,8 @@ logits. `zero_first_embedding` picks one per call; None uses `config.mtp_zero_fi
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
@@ -33,6 +35,9 @@ from transformers.models.qwen2.modeling_qwen2 import (
 )
 
 from mimo_lab.checks import check_bool
+
+# transformers renamed create_causal_mask's cache argument (past_key_values up to 5.19, cache from 5.20)
+_MASK_CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 @strict
@@ -133,9 +138,8 @@ class MiMoModel(Qwen2Model):
         if zero_first:
             # vLLM's `inputs_embeds[positions == 0] = 0`; padded slots (also at 0) are masked anyway
             embeds = embeds.masked_fill((positions == 0).unsqueeze(-1), 0.0)
-        mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=slot_mask, cache=None, position_ids=positions
-        )
+        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=slot_mask,
+                                  position_ids=positions, **{_MASK_CACHE_ARGUMENT: None})
         position_embeddings = self.rotary_emb(hidden, positions)
         return self.mtp_layers[layer](embeds, hidden, position_embeddings, attention_mask=mask)
 

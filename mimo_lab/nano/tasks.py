@@ -499,7 +499,7 @@ def eval_problems(per_cell: int, seed: int = 1234, *, levels=ALL_LEVELS, familie
 # Sampling at temperature 0.6 and top-p 0.95 never draws an option the model gives ~15% or less, so
 # each option below has at least ~25% in its own context. The slip site is one step per trace,
 # which the model can recognise from what is written: the first step whose digits include a 7 or
-# an 8 (arithmetic), the step that reads off x (ax + b = c), the first letter that matches
+# an 8 (arithmetic), reading x off the times table (ax + b = c; dividing has none), the first letter that matches
 # (spelling, tallying), the first comparison (sorting). At the site the step always ends in "."
 # and the next token is the fork: " Wait" (a slip noticed, or a false alarm) or going on. A slipped
 # number is one step off either way (never a number the step reads: copying one is a shortcut), so
@@ -553,8 +553,8 @@ def v2_design_markdown() -> str:
     return "\n".join([
         *rows, "",
         f"- A plan sentence after the strategy sentence in {V2_PLAN_RATE:.0%} of traces.",
-        "- One slip site per trace (the first step whose digits include a 7 or an 8; reading off x; the first "
-        "matching letter; the first comparison). There: a slip in "
+        "- One slip site per trace (the first step whose digits include a 7 or an 8; reading x off the times "
+        "table, none when dividing; the first matching letter; the first comparison). There: a slip in "
         f"{V2_SLIP_RATE:.0%} (a number one step off either way, never one the step reads; a letter passed over; "
         f"the larger number picked), noticed with \"Wait, ...\" and corrected in {V2_NOTICE_RATE:.0%} of slips and "
         f"carried on to a wrong answer in the rest; without a slip, a false alarm (\"Wait, let me check: ..., yes, "

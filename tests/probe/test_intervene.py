@@ -17,6 +17,7 @@ from mimo_lab.probe.intervene import (
     SuppressionMatrix,
     SuppressionResult,
     activation_patching,
+    behaviour_vector,
     kl_divergence,
     steering_vector,
     suppress_sentence,
@@ -142,6 +143,50 @@ def test_a_string_is_one_text(lab):
     whole = lab.capture("Wait, let me check.", sites="resid", layers=[1]).get("resid", 1).mean(0)
     rest = lab.capture("So the sum is 45.", sites="resid", layers=[1]).get("resid", 1).mean(0)
     torch.testing.assert_close(one.vector, whole - rest, atol=1e-5, rtol=1e-4)
+
+
+def _hooked_resid(lab, layer: int, ids: torch.Tensor) -> torch.Tensor:
+    """Layer `layer`'s output for one sequence through a plain forward hook: an independent reading."""
+    keep = {}
+    handle = lab.model.model.layers[layer].register_forward_hook(
+        lambda module, args, output: keep.update(v=(output[0] if isinstance(output, tuple) else output)[0].clone()))
+    with torch.no_grad():
+        lab.model(ids[None])
+    handle.remove()
+    return keep["v"].float()
+
+
+@pytest.mark.parametrize("lead", [0, 1, 3])
+def test_behaviour_vector_is_the_in_context_difference_of_means(lab, trace, lead):
+    """Venhoff et al.'s reading: the trace runs whole; the mean at the backtracking sentence's
+    positions (and `lead` tokens before it) minus the mean at the other generated positions."""
+    vector = behaviour_vector(lab, [trace, trace], 1, "backtracking", lead=lead)
+    resid = _hooked_resid(lab, 1, torch.cat([trace.prompt_ids, trace.token_ids]))
+    sentence = next(s for s in trace.sentences if s.stripped.startswith("Wait"))  # its characters -> tokens
+    wait, end = sentence.start, sentence.end
+    starts = trace.spans[:, 0]
+    first = int(((starts >= wait) & (starts < end)).nonzero()[0])
+    last = int(((starts >= wait) & (starts < end)).nonzero()[-1])
+    inside = torch.zeros(len(trace), dtype=torch.bool)
+    inside[max(0, first - lead):last + 1] = True
+    generated = resid[trace.prompt_length:]
+    torch.testing.assert_close(vector.vector, generated[inside].mean(0) - generated[~inside].mean(0),
+                               atol=1e-4, rtol=1e-4)
+    assert vector.counts == (2 * int(inside.sum()), 2 * int((~inside).sum()))
+    assert vector.norm == pytest.approx(float(generated.norm(dim=-1).mean()), rel=1e-4)
+    by_text = behaviour_vector(lab, trace, 1, lambda text: text.startswith("Wait"), lead=lead)
+    torch.testing.assert_close(by_text.vector, vector.vector, atol=1e-5, rtol=1e-5)
+
+
+def test_behaviour_vector_bad_input(lab, trace):
+    with pytest.raises(ValueError, match="where='dithering' is not accepted: a marker name"):
+        behaviour_vector(lab, [trace], 1, "dithering")
+    with pytest.raises(TypeError, match=r"traces\[0\]='What is' \(str\) is not accepted: a Trace is"):
+        behaviour_vector(lab, ["What is"], 1)
+    with pytest.raises(ValueError, match="no sentence of the 1 traces shows the behaviour"):
+        behaviour_vector(lab, [trace], 1, lambda text: "zebra" in text)
+    with pytest.raises(ValueError, match="lead"):
+        behaviour_vector(lab, [trace], 1, lead=-1)
 
 
 def test_capture_inside_steering_sees_the_steered_layer(lab, vector):
