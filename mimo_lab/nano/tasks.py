@@ -853,17 +853,14 @@ def _v2_tally(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
             items.append(f"{ch} {total}")
             continue
         event = site.visit(True)
+        total += event != "unnoticed"
         if event is None:
-            total += 1
             items.append(f"{ch} {total}")
         elif event == "noticed":
-            total += 1
             items.append(f"{ch} {total - 1}.{_SITE} Wait, that is the letter {letter}: {ch} {total}. Then")
         elif event == "false_alarm":
-            total += 1
             items.append(f"{ch} {total}.{_SITE} Wait, let me check: that is the letter {letter}, yes. Then")
-        else:
-            total += event == "plain"
+        else:  # plain, or unnoticed (the total stayed where it was)
             items.append(f"{ch} {total}.{_SITE} Then")
     text = ", ".join(items).replace(" Then, ", " Then ")
     text = text.removesuffix(" Then") if text.endswith(" Then") else text + "."  # the site ends the list

@@ -374,34 +374,30 @@ def behaviour_vector(lab, traces, layer: int, where="backtracking", *, kind: str
                             "behaviour's positions are found in its sentences)")
     layer = check_layer(lab, layer)
     select = _sentence_selector(where)
-    if kind not in ("sentence", "step"):
-        raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
+    kind = check_choice("kind", kind, ("sentence", "step"))
     lead = check_int("lead", lead, minimum=0)
-    masks = []
+    masks = []  # per trace, over its generated tokens: in such a sentence (or leading into one)
     for trace in items:  # before any forward pass
-        mask = torch.zeros(trace.prompt_length + len(trace), dtype=torch.bool)
+        mask = torch.zeros(len(trace), dtype=torch.bool)
         for row in _sentences(trace, kind):
             if select(row["text"], row["label"]):
-                mask[max(trace.prompt_length, row["start"] - lead):row["end"]] = True
+                mask[max(0, row["start"] - lead - trace.prompt_length):row["end"] - trace.prompt_length] = True
         masks.append(mask)
-    if not any(bool(m.any()) for m in masks):
+    n_pos = sum(int(m.sum()) for m in masks)
+    n_neg = sum(len(m) for m in masks) - n_pos
+    if n_pos == 0:
         raise ValueError(f"where={show(where)}: no sentence of the {len(items)} traces shows the behaviour, so there "
                          "is nothing to average (sample more traces, or choose another behaviour)")
-    pos_sum = neg_sum = None
-    n_pos = n_neg = 0
-    norm_total = 0.0
-    for trace, mask in zip(items, masks, strict=True):
-        acts = capture(lab, trace, sites="resid", layers=[layer]).get("resid", layer).float()
-        generated = torch.zeros_like(mask)
-        generated[trace.prompt_length:] = True
-        pos, neg = acts[mask], acts[generated & ~mask]
-        pos_sum = pos.sum(0) if pos_sum is None else pos_sum + pos.sum(0)
-        neg_sum = neg.sum(0) if neg_sum is None else neg_sum + neg.sum(0)
-        n_pos, n_neg = n_pos + pos.shape[0], n_neg + neg.shape[0]
-        norm_total += float(acts[generated].norm(dim=-1).sum())
     if n_neg == 0:
         raise ValueError(f"where={show(where)}: every generated token is in such a sentence, so there is no rest to "
                          "contrast with")
+    pos_sum = neg_sum = 0.0
+    norm_total = 0.0
+    for trace, mask in zip(items, masks, strict=True):
+        acts = capture(lab, trace, sites="resid", layers=[layer]).get("resid", layer)[trace.prompt_length:].float()
+        pos_sum = pos_sum + acts[mask].sum(0)
+        neg_sum = neg_sum + acts[~mask].sum(0)
+        norm_total += float(acts.norm(dim=-1).sum())
     return SteeringVector(pos_sum / n_pos - neg_sum / n_neg, layer, norm_total / (n_pos + n_neg), lab.name,
                           (n_pos, n_neg))
 
