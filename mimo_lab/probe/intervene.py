@@ -354,7 +354,7 @@ def _sentence_selector(where):
 
 
 def behaviour_vector(lab, traces, layer: int, where="backtracking", *, kind: str = "sentence",
-                     lead: int = 1) -> SteeringVector:
+                     lead: int = 1, span: str = "sentence", against: str = "rest") -> SteeringVector:
     """A steering vector for one reasoning behaviour, taken in context (Venhoff et al. 2025,
     arXiv 2506.18167: "difference of means of residual activations between spans of one behaviour
     (e.g. backtracking) and the rest"): each trace runs once, whole; the mean residual after
@@ -365,6 +365,12 @@ def behaviour_vector(lab, traces, layer: int, where="backtracking", *, kind: str
     a sentence label ("uncertainty_management"), or a function of a sentence's text.
     lead: the tokens just before each such sentence count with it (1: the position whose
     next-token prediction is the sentence's first token, e.g. " Wait"); 0 for the sentence alone.
+    span: "sentence" (the sentence and its lead tokens) or "lead" (the lead tokens only: the
+    positions where the model decides to begin such a sentence; needs lead >= 1).
+    against: "rest" (every other generated position, Venhoff et al.'s contrast) or
+    "other_sentences" (the same span of the sentences that do not show the behaviour: a
+    contrast of like with like, e.g. the sentence ends followed by " Wait" against those followed
+    by anything else).
     `norm` is the mean residual norm over all the generated positions, as `steering_vector`'s.
     """
     items = check_inputs(traces, "traces")
@@ -376,30 +382,36 @@ def behaviour_vector(lab, traces, layer: int, where="backtracking", *, kind: str
     select = _sentence_selector(where)
     kind = check_choice("kind", kind, ("sentence", "step"))
     lead = check_int("lead", lead, minimum=0)
-    masks = []  # per trace, over its generated tokens: in such a sentence (or leading into one)
+    span = check_choice("span", span, ("sentence", "lead"))
+    against = check_choice("against", against, ("rest", "other_sentences"))
+    if span == "lead" and lead == 0:
+        raise ValueError("span='lead' with lead=0 selects no position: give lead >= 1, or span='sentence'")
+    masks = []  # per trace, over its generated tokens: (behaviour positions, contrast positions)
     for trace in items:  # before any forward pass
-        mask = torch.zeros(len(trace), dtype=torch.bool)
+        pos = torch.zeros(len(trace), dtype=torch.bool)
+        other = torch.zeros(len(trace), dtype=torch.bool)
         for row in _sentences(trace, kind):
-            if select(row["text"], row["label"]):
-                mask[max(0, row["start"] - lead - trace.prompt_length):row["end"] - trace.prompt_length] = True
-        masks.append(mask)
-    n_pos = sum(int(m.sum()) for m in masks)
-    n_neg = sum(len(m) for m in masks) - n_pos
+            start = max(0, row["start"] - lead - trace.prompt_length)
+            end = row["end"] - trace.prompt_length if span == "sentence" else row["start"] - trace.prompt_length
+            (pos if select(row["text"], row["label"]) else other)[start:max(start, end)] = True
+        masks.append((pos, other & ~pos if against == "other_sentences" else ~pos))
+    n_pos = sum(int(p.sum()) for p, _ in masks)
+    n_neg = sum(int(n.sum()) for _, n in masks)
     if n_pos == 0:
         raise ValueError(f"where={show(where)}: no sentence of the {len(items)} traces shows the behaviour, so there "
                          "is nothing to average (sample more traces, or choose another behaviour)")
     if n_neg == 0:
-        raise ValueError(f"where={show(where)}: every generated token is in such a sentence, so there is no rest to "
-                         "contrast with")
+        rest = "rest" if against == "rest" else "other sentence"
+        raise ValueError(f"where={show(where)}: no {rest} position is left to contrast with (against={against!r})")
     pos_sum = neg_sum = 0.0
-    norm_total = 0.0
-    for trace, mask in zip(items, masks, strict=True):
+    norm_total, n_all = 0.0, 0
+    for trace, (pos, neg) in zip(items, masks, strict=True):
         acts = capture(lab, trace, sites="resid", layers=[layer]).get("resid", layer)[trace.prompt_length:].float()
-        pos_sum = pos_sum + acts[mask].sum(0)
-        neg_sum = neg_sum + acts[~mask].sum(0)
+        pos_sum = pos_sum + acts[pos].sum(0)
+        neg_sum = neg_sum + acts[neg].sum(0)
         norm_total += float(acts.norm(dim=-1).sum())
-    return SteeringVector(pos_sum / n_pos - neg_sum / n_neg, layer, norm_total / (n_pos + n_neg), lab.name,
-                          (n_pos, n_neg))
+        n_all += len(acts)
+    return SteeringVector(pos_sum / n_pos - neg_sum / n_neg, layer, norm_total / n_all, lab.name, (n_pos, n_neg))
 
 
 def steer(lab, vector: SteeringVector, scale: float) -> Steering:

@@ -178,7 +178,29 @@ def test_behaviour_vector_is_the_in_context_difference_of_means(lab, trace, lead
     torch.testing.assert_close(by_text.vector, vector.vector, atol=1e-5, rtol=1e-5)
 
 
+def test_behaviour_vector_at_the_lead_tokens_against_the_other_sentences(lab, trace):
+    """span="lead", against="other_sentences": the token before the Wait sentence against the token
+    before every other sentence of the trace (read through a plain forward hook)."""
+    vector = behaviour_vector(lab, [trace], 1, "backtracking", lead=1, span="lead", against="other_sentences")
+    resid = _hooked_resid(lab, 1, torch.cat([trace.prompt_ids, trace.token_ids]))[trace.prompt_length:]
+    starts = trace.spans[:, 0]
+    before = {}  # the generated index of the token before each sentence's first token
+    for sentence in trace.sentences:
+        first = int(((starts >= sentence.start) & (starts < sentence.end)).nonzero()[0])
+        before[max(0, first - 1)] = sentence.stripped.startswith("Wait")
+    pos = [i for i, wait in before.items() if wait]
+    neg = [i for i, wait in before.items() if not wait and i not in pos]
+    assert len(pos) == 1 and len(neg) >= 2
+    torch.testing.assert_close(vector.vector, resid[pos].mean(0) - resid[neg].mean(0), atol=1e-4, rtol=1e-4)
+    assert vector.counts == (len(pos), len(neg))
+    assert vector.norm == pytest.approx(float(resid.norm(dim=-1).mean()), rel=1e-4)
+
+
 def test_behaviour_vector_bad_input(lab, trace):
+    with pytest.raises(ValueError, match="span='lead' with lead=0"):
+        behaviour_vector(lab, [trace], 1, span="lead", lead=0)
+    with pytest.raises(ValueError, match="against='others' is not accepted"):
+        behaviour_vector(lab, [trace], 1, against="others")
     with pytest.raises(ValueError, match="where='dithering' is not accepted: a marker name"):
         behaviour_vector(lab, [trace], 1, "dithering")
     with pytest.raises(TypeError, match=r"traces\[0\]='What is' \(str\) is not accepted: a Trace is"):

@@ -1,0 +1,109 @@
+"""The vLLM backend against the transformers backend on the same MiMo-nano work, in one run (ratios).
+
+Work: `--problems` nano problems (levels 1-3), `--samples` samples each at the card's recommended
+sampling, the per-sample seeds of `bench.run`. Timed: the transformers backend (`lab.generate`,
+which also records per-token analytics), and vLLM with prefix caching off, on, and on with MTP
+drafting. Reported: generated tokens per second and its ratio to transformers; the share of prompt
+tokens vLLM served from its prefix cache (k samples of one prompt share it: ideally (k-1)/k); MTP
+acceptance. Also greedy: how many samples agree token for token with transformers, and where the
+ones that do not part (the top-2 log-prob margin there).
+
+    scripts/vllm_cpu_tests.sh --co -q   # builds .venv-vllm once
+    .venv-vllm/bin/python benchmarks/vllm_cpu.py [--problems 24] [--samples 4] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import mimo_lab  # noqa: E402
+from mimo_lab.bench.run import sample_seed  # noqa: E402
+from mimo_lab.bench.suites import nano_suite  # noqa: E402
+from mimo_lab.bench.vllm_backend import VLLMGenerator, counters  # noqa: E402
+
+
+def work(problems: int, samples: int):
+    suite = nano_suite(per_cell=max(1, -(-problems // 18)), levels=(1, 2, 3)).limit(problems, "stratified")
+    prompts, seeds = [], []
+    for p in suite.problems:
+        for k in range(samples):
+            prompts.append(suite.prompt(p))
+            seeds.append(sample_seed(0, p.id, k))
+    return prompts, seeds
+
+
+def timed(fn, prompts, seeds, sampling, batch):
+    started = time.perf_counter()
+    traces = []
+    for i in range(0, len(prompts), batch):
+        traces += fn(prompts[i:i + batch], seeds[i:i + batch], sampling)
+    return time.perf_counter() - started, traces
+
+
+def first_difference(a, b):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=24)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vllm_cpu.json"))
+    args = parser.parse_args()
+    lab = mimo_lab.load()
+    prompts, seeds = work(args.problems, args.samples)
+    sampled = {"greedy": False}
+
+    def transformers_backend(ps, ss, sampling):
+        return lab.generate(ps, seed=ss, batch_size=len(ps), mtp=False, **sampling)
+
+    engines = {"vllm, no prefix cache": VLLMGenerator(lab, mtp_draft=False, prefix_caching=False),
+               "vllm, prefix cache": VLLMGenerator(lab, mtp_draft=False, prefix_caching=True),
+               "vllm, prefix cache + MTP drafts": VLLMGenerator(lab, mtp_draft=True, prefix_caching=True)}
+    for gen in engines.values():  # warm-up
+        gen(prompts[:2], seeds[:2], sampled)
+    result = {"problems": args.problems, "samples": args.samples, "requests": len(prompts), "batch": args.batch,
+              "threads": lab.threads, "sampled": {}, "greedy": {}}
+    seconds, traces = timed(transformers_backend, prompts, seeds, sampled, args.batch)
+    tokens = sum(len(t) for t in traces)
+    result["sampled"]["transformers"] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
+    for name, gen in engines.items():
+        gen._start = counters(gen.llm)  # count from here: the warm-up is not part of the work
+        seconds, traces = timed(gen, prompts, seeds, sampled, args.batch)
+        tokens = sum(len(t) for t in traces)
+        stats = gen.stats()
+        result["sampled"][name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+                                   "speed_vs_transformers": (tokens / seconds)
+                                   / result["sampled"]["transformers"]["tokens_per_s"],
+                                   "prefix_hit_share": stats["prefix_hit_share"],
+                                   "acceptance_rate": stats["acceptance_rate"]}
+    # greedy agreement, one sample per problem
+    one = prompts[:: args.samples], seeds[:: args.samples]
+    _, ours = timed(transformers_backend, *one, {"greedy": True}, args.batch)
+    for name in ("vllm, prefix cache", "vllm, prefix cache + MTP drafts"):
+        _, theirs = timed(engines[name], *one, {"greedy": True}, args.batch)
+        parts = []
+        for a, b in zip(ours, theirs, strict=True):
+            at = first_difference(a.token_ids.tolist(), b.token_ids.tolist())
+            if at is not None:
+                margin = float(a.top_logprobs[at, 0] - a.top_logprobs[at, 1]) if at < len(a) else None
+                parts.append({"prompt": a.prompt, "position": at, "top2_margin": margin})
+        result["greedy"][name] = {"samples": len(ours), "identical": len(ours) - len(parts), "differ": parts}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
