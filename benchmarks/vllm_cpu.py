@@ -25,7 +25,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import mimo_lab  # noqa: E402
 from mimo_lab.bench.run import sample_seed  # noqa: E402
 from mimo_lab.bench.suites import nano_suite  # noqa: E402
-from mimo_lab.bench.vllm_backend import VLLMGenerator, counters  # noqa: E402
+from mimo_lab.bench.vllm_backend import VLLMGenerator, counter_delta, counters  # noqa: E402
 
 
 def work(problems: int, samples: int):
@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--problems", type=int, default=24)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rollouts", type=int, default=16, help="rollouts continuing one half-trace prefix")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vllm_cpu.json"))
     args = parser.parse_args()
     lab = mimo_lab.load()
@@ -99,6 +100,25 @@ def main() -> int:
                 margin = float(a.top_logprobs[at, 0] - a.top_logprobs[at, 1]) if at < len(a) else None
                 parts.append({"prompt": a.prompt, "position": at, "top2_margin": margin})
         result["greedy"][name] = {"samples": len(ours), "identical": len(ours) - len(parts), "differ": parts}
+    # the resampling engine's case: many rollouts continuing one long prefix (a trace cut half-way)
+    from mimo_lab.bench.vllm_backend import sampling_params
+
+    longest = max(ours, key=len)
+    half = len(longest) // 2
+    prefix = longest.prompt_text + longest.text[: int(longest.spans[half, 0])]
+    settings = lab._sampling({"greedy": False})
+    params = [sampling_params(engines["vllm, prefix cache"].vllm, settings, seed) for seed in range(args.rollouts)]
+    result["rollouts"] = {"prefix_tokens": len(longest.prompt_ids) + half, "rollouts": args.rollouts}
+    for name in ("vllm, no prefix cache", "vllm, prefix cache"):
+        gen = engines[name]
+        start = counters(gen.llm)
+        started = time.perf_counter()
+        outs = gen.llm.generate([prefix] * args.rollouts, params, use_tqdm=False)
+        seconds = time.perf_counter() - started
+        d = counter_delta(start, counters(gen.llm))
+        result["rollouts"][name] = {"seconds": seconds, "prefix_hit_share": d["prefix_hit_share"],
+                                    "prompt_tokens": d["prompt_tokens"],
+                                    "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

