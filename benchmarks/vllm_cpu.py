@@ -25,7 +25,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import mimo_lab  # noqa: E402
 from mimo_lab.bench.run import sample_seed  # noqa: E402
 from mimo_lab.bench.suites import nano_suite  # noqa: E402
-from mimo_lab.bench.vllm_backend import VLLMGenerator, counter_delta, counters  # noqa: E402
+from mimo_lab.bench.vllm_backend import VLLMGenerator, counter_delta, counters, sampling_params  # noqa: E402
 
 
 def work(problems: int, samples: int):
@@ -68,18 +68,25 @@ def main() -> int:
     def transformers_backend(ps, ss, sampling):
         return lab.generate(ps, seed=ss, batch_size=len(ps), mtp=False, **sampling)
 
-    engines = {"vllm, no prefix cache": VLLMGenerator(lab, mtp_draft=False, prefix_caching=False),
-               "vllm, prefix cache": VLLMGenerator(lab, mtp_draft=False, prefix_caching=True),
-               "vllm, prefix cache + MTP drafts": VLLMGenerator(lab, mtp_draft=True, prefix_caching=True)}
-    for gen in engines.values():  # warm-up
-        gen(prompts[:2], seeds[:2], sampled)
+    configs = {"vllm, no prefix cache": dict(mtp_draft=False, prefix_caching=False),
+               "vllm, prefix cache": dict(mtp_draft=False, prefix_caching=True),
+               "vllm, prefix cache + MTP drafts": dict(mtp_draft=True, prefix_caching=True)}
     result = {"problems": args.problems, "samples": args.samples, "requests": len(prompts), "batch": args.batch,
               "threads": lab.threads, "sampled": {}, "greedy": {}}
     seconds, traces = timed(transformers_backend, prompts, seeds, sampled, args.batch)
     tokens = sum(len(t) for t in traces)
     result["sampled"]["transformers"] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
-    for name, gen in engines.items():
-        gen._start = counters(gen.llm)  # count from here: the warm-up is not part of the work
+    one = prompts[:: args.samples], seeds[:: args.samples]
+    _, ours = timed(transformers_backend, *one, {"greedy": True}, args.batch)
+    longest = max(ours, key=len)  # the resampling engine's case: rollouts continuing one half-trace
+    half = len(longest) // 2
+    prefix = longest.prompt_text + longest.text[: int(longest.spans[half, 0])]
+    settings = lab._sampling({"greedy": False})
+    result["rollouts"] = {"prefix_tokens": len(longest.prompt_ids) + half, "rollouts": args.rollouts}
+    for name, config in configs.items():  # one engine at a time (vLLM keeps one set of counters)
+        gen = VLLMGenerator(lab, **config)
+        gen(prompts[:2], seeds[:2], sampled)  # warm-up
+        gen._start = counters(gen.llm)  # count from here
         seconds, traces = timed(gen, prompts, seeds, sampled, args.batch)
         tokens = sum(len(t) for t in traces)
         stats = gen.stats()
@@ -88,37 +95,25 @@ def main() -> int:
                                    / result["sampled"]["transformers"]["tokens_per_s"],
                                    "prefix_hit_share": stats["prefix_hit_share"],
                                    "acceptance_rate": stats["acceptance_rate"]}
-    # greedy agreement, one sample per problem
-    one = prompts[:: args.samples], seeds[:: args.samples]
-    _, ours = timed(transformers_backend, *one, {"greedy": True}, args.batch)
-    for name in ("vllm, prefix cache", "vllm, prefix cache + MTP drafts"):
-        _, theirs = timed(engines[name], *one, {"greedy": True}, args.batch)
-        parts = []
-        for a, b in zip(ours, theirs, strict=True):
-            at = first_difference(a.token_ids.tolist(), b.token_ids.tolist())
-            if at is not None:
-                margin = float(a.top_logprobs[at, 0] - a.top_logprobs[at, 1]) if at < len(a) else None
-                parts.append({"prompt": a.prompt, "position": at, "top2_margin": margin})
-        result["greedy"][name] = {"samples": len(ours), "identical": len(ours) - len(parts), "differ": parts}
-    # the resampling engine's case: many rollouts continuing one long prefix (a trace cut half-way)
-    from mimo_lab.bench.vllm_backend import sampling_params
-
-    longest = max(ours, key=len)
-    half = len(longest) // 2
-    prefix = longest.prompt_text + longest.text[: int(longest.spans[half, 0])]
-    settings = lab._sampling({"greedy": False})
-    params = [sampling_params(engines["vllm, prefix cache"].vllm, settings, seed) for seed in range(args.rollouts)]
-    result["rollouts"] = {"prefix_tokens": len(longest.prompt_ids) + half, "rollouts": args.rollouts}
-    for name in ("vllm, no prefix cache", "vllm, prefix cache"):
-        gen = engines[name]
-        start = counters(gen.llm)
-        started = time.perf_counter()
-        outs = gen.llm.generate([prefix] * args.rollouts, params, use_tqdm=False)
-        seconds = time.perf_counter() - started
-        d = counter_delta(start, counters(gen.llm))
-        result["rollouts"][name] = {"seconds": seconds, "prefix_hit_share": d["prefix_hit_share"],
-                                    "prompt_tokens": d["prompt_tokens"],
-                                    "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
+        if config["prefix_caching"]:
+            _, theirs = timed(gen, *one, {"greedy": True}, args.batch)  # greedy agreement, one sample each
+            parts = []
+            for a, b in zip(ours, theirs, strict=True):
+                at = first_difference(a.token_ids.tolist(), b.token_ids.tolist())
+                if at is not None:
+                    margin = float(a.top_logprobs[at, 0] - a.top_logprobs[at, 1]) if at < len(a) else None
+                    parts.append({"prompt": a.prompt, "position": at, "top2_margin": margin})
+            result["greedy"][name] = {"samples": len(ours), "identical": len(ours) - len(parts), "differ": parts}
+        if not config["mtp_draft"]:
+            params = [sampling_params(gen.vllm, settings, seed) for seed in range(args.rollouts)]
+            start = counters(gen.llm)
+            started = time.perf_counter()
+            outs = gen.llm.generate([prefix] * args.rollouts, params, use_tqdm=False)
+            seconds = time.perf_counter() - started
+            d = counter_delta(start, counters(gen.llm))
+            result["rollouts"][name] = {"seconds": seconds, "prefix_hit_share": d["prefix_hit_share"],
+                                        "prompt_tokens": d["prompt_tokens"],
+                                        "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

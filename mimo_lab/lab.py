@@ -481,6 +481,7 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: str | None = 
             model = (model_class(config) if model_class is MiMoForCausalLM
                      else model_class.from_config(config, trust_remote_code=False))
         model.config._attn_implementation = "sdpa"
+        model.config._name_or_path = str(folder)  # where the weights are (vLLM loads them from there)
         model.eval()
     else:
         check_shards(folder)

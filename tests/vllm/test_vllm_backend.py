@@ -83,8 +83,9 @@ def test_greedy_vllm_gives_the_transformers_tokens_and_grades(greedy_runs):
             if r["problem_id"] not in differ:
                 assert r["category"] == agree[r["problem_id"]], r["problem_id"]
     # the grades are not trivial: both engines get the training levels right and miss beyond
-    frame = ours.frame
-    assert frame[frame.meta.map(lambda m: m["level"]) <= 2].correct.mean() >= 0.9
+    easy = [r["correct"] for r in ours.records if r["meta"]["level"] <= 2]
+    assert sum(easy) / len(easy) >= 0.9
+    assert not all(r["correct"] for r in ours.records if r["meta"]["level"] == 4)
     assert theirs.summary["pass@1"] == pytest.approx(ours.summary["pass@1"], abs=2 / len(ours.records))
 
 
@@ -157,7 +158,8 @@ def test_mtp_acceptance_equals_our_mtp_heads_hits_on_vllms_schedule(lab, greedy_
 
 
 def test_sampled_runs_reproduce_from_their_seeds_and_share_prefixes(lab, tmp_path):
-    suite = nano_suite(per_cell=1, levels=(3, 4))
+    # level-5 sorting and letter counting: prompts of 40+ tokens, more than one 32-token cache block
+    suite = nano_suite(per_cell=2, levels=(5,), families=("sorting", "letter_count"))
     a = run(lab, suite, samples=4, out=tmp_path / "a", backend="vllm", mtp_draft=False, progress=False)
     b = run(lab, suite, samples=4, out=tmp_path / "b", backend="vllm", mtp_draft=False, progress=False)
     c = run(lab, suite, samples=4, out=tmp_path / "c", seed=1, backend="vllm", mtp_draft=False, progress=False)
