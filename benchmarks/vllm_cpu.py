@@ -134,6 +134,14 @@ def main() -> int:
         del gen  # the engine must be gone before the next is built: its teardown resets vLLM's process groups
         release_engines()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    def clean(x):  # JSON has no NaN
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return None if isinstance(x, float) and x != x else x
+
+    result = clean(result)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
