@@ -40,6 +40,72 @@ _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)[ \t]*\n*|\n+")
 _STEP_END = re.compile(r"\n+")
 
 
+SENTENCE_STYLES = ("mimo_lab", "thought_anchors")
+_TA_ENDS = ".?!"
+_TA_MIN_CHARS = 10
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) without the whitespace `str.strip()` would remove at either side."""
+    piece = text[start:end]
+    return start + len(piece) - len(piece.lstrip()), end - (len(piece) - len(piece.rstrip()))
+
+
+def _thought_anchors_region(text: str) -> tuple[int, int]:
+    """The part of `text` Thought Anchors' splitter reads: after the first <think> (up to a second one),
+    before the first </think> in what is left, stripped at each step as theirs is."""
+    start, end = 0, len(text)
+    if "<think>" in text:
+        start = text.index("<think>") + len("<think>")
+        again = text.find("<think>", start)
+        end = again if again >= 0 else len(text)
+        start, end = _strip_span(text, start, end)
+    close = text.find("</think>", start, end)
+    if close >= 0:
+        start, end = _strip_span(text, start, close)
+    return start, end
+
+
+def thought_anchors_spans(text: str) -> list[tuple[int, int, str]]:
+    """Thought Anchors' chunks of `text` (Bogdan et al. 2025; their `split_solution_into_chunks`):
+    a chunk ends after ".", "?" or "!" followed by a space or newline, and at a blank line (after
+    the first newline of "\n\n"), but not at a single newline; chunks are stripped; the piece after
+    the last end is a chunk too (as in the released data); then a chunk under 10 characters is joined,
+    with one space, to the next one (the last one to the one before it).
+
+    Returns (start, end, chunk text) per chunk: [start, end) is the chunk's span of `text` (a joined
+    chunk spans its pieces and whatever lay between them), and the chunk text is theirs (joined
+    pieces with single spaces), which equals text[start:end] up to runs of whitespace."""
+    lo, hi = _thought_anchors_region(text)
+    pieces, begin = [], lo
+    for i in range(lo, hi):
+        blank = text.startswith("\n\n", i) and i + 2 <= hi or text.startswith("\r\n\r\n", i) and i + 4 <= hi
+        sentence = i < hi - 1 and text[i] in _TA_ENDS and text[i + 1] in " \n"
+        if (blank or sentence) and text[begin:i + 1].strip():
+            a, b = _strip_span(text, begin, i + 1)
+            pieces.append([a, b, text[a:b]])
+            begin = i + 1
+    if text[begin:hi].strip():
+        a, b = _strip_span(text, begin, hi)
+        pieces.append([a, b, text[a:b]])
+    i = 0
+    while i < len(pieces):
+        if len(pieces[i][2]) >= _TA_MIN_CHARS:
+            i += 1
+            continue
+        if i == len(pieces) - 1:
+            if i == 0:
+                break
+            prev = pieces[i - 1]
+            pieces[i - 1] = [prev[0], pieces[i][1], prev[2] + " " + pieces[i][2]]
+            pieces.pop(i)
+        else:
+            nxt = pieces[i + 1]
+            pieces[i + 1] = [pieces[i][0], nxt[1], pieces[i][2] + " " + nxt[2]]
+            pieces.pop(i)
+    return [tuple(p) for p in pieces]
+
+
 @dataclass(frozen=True)
 class Segment:
     """A sentence or step: character span [start, end) in the text it was cut from."""
@@ -233,20 +299,31 @@ class Segments(Sequence):
 
 
 def segment(text: str, *, kind: str = "sentence", labeller: Callable[[str, int, int], str] | None = None,
-            offset: int = 0, full_text: str | None = None) -> Segments:
+            offset: int = 0, full_text: str | None = None, style: str = "mimo_lab") -> Segments:
     """Cut `text` into sentences or steps (lines), label them and find their markers.
 
     offset: where `text` starts inside `full_text` (spans are given in `full_text`'s offsets).
+    style (sentences only): "mimo_lab" (a sentence ends at . ! ? before whitespace and at every
+    newline; the texts join back to `text`) or "thought_anchors" (Thought Anchors' chunks,
+    `thought_anchors_spans`: no break at a single newline, short pieces joined; only the thinking,
+    stripped, so the texts do not cover all of `text`).
     """
     from mimo_lab.checks import check_choice, check_str
 
     check_str("text", text, empty_ok=True)
     check_choice("kind", kind, ("sentence", "step"))
+    check_choice("style", style, SENTENCE_STYLES)
+    if style == "thought_anchors" and kind != "sentence":
+        raise ValueError(f"style='thought_anchors' is not accepted with kind={kind!r}: it is a sentence style "
+                         "(kind='sentence')")
     if labeller is not None and not callable(labeller):
         raise TypeError(f"labeller={labeller!r} is not accepted: a callable (sentence, index, count) -> label, "
                         "or None, is")
     labeller = labeller or DEFAULT_LABELLER
-    spans = _split(text, _SENTENCE_END if kind == "sentence" else _STEP_END)
+    if style == "thought_anchors":
+        spans = [(a, b) for a, b, _ in thought_anchors_spans(text)]
+    else:
+        spans = _split(text, _SENTENCE_END if kind == "sentence" else _STEP_END)
     segments = []
     for i, (start, end) in enumerate(spans):
         piece = text[start:end]
@@ -257,9 +334,10 @@ def segment(text: str, *, kind: str = "sentence", labeller: Callable[[str, int, 
     return Segments(full_text if full_text is not None else text, segments, kind, offset)
 
 
-def split_sentences(text: str) -> list[Segment]:
-    """Sentences of `text` (spans into `text`; their texts join back to `text`)."""
-    return list(segment(text, kind="sentence"))
+def split_sentences(text: str, style: str = "mimo_lab") -> list[Segment]:
+    """Sentences of `text` (spans into `text`). style "mimo_lab": their texts join back to `text`;
+    "thought_anchors": Thought Anchors' chunks (`thought_anchors_spans`), each the span of its chunk."""
+    return list(segment(text, kind="sentence", style=style))
 
 
 def split_steps(text: str) -> list[Segment]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimo_lab.segment import LABELS, RuleLabeller, segment, split_sentences, split_steps
+from mimo_lab.segment import LABELS, RuleLabeller, segment, split_sentences, split_steps, thought_anchors_spans
 
 NANO_THINKING = (
     "I add 17 and 28 column by column, from the right.\n"
@@ -81,3 +84,45 @@ def test_custom_labeller_and_explain():
     assert set(rules["label"]) == set(LABELS)
     with pytest.raises(ValueError, match="kind='paragraph'"):
         segment("x", kind="paragraph")
+
+
+# ----------------------------------------------------------------------------- Thought Anchors' chunks
+
+THOUGHT_ANCHORS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "thought_anchors"
+
+
+@pytest.mark.skipif(not THOUGHT_ANCHORS.is_dir(), reason="../shared/data not here")
+def test_thought_anchors_style_reproduces_their_chunks_on_every_shipped_trace():
+    folders = sorted(THOUGHT_ANCHORS.iterdir())
+    assert len(folders) == 20
+    total = 0
+    for folder in folders:
+        solution = json.loads((folder / "base_solution.json").read_text())["solution"]
+        theirs = [c["chunk"] for c in json.loads((folder / "chunks_labeled.json").read_text())]
+        spans = thought_anchors_spans(solution)
+        assert [chunk for _, _, chunk in spans] == theirs, folder.name  # their texts, exactly
+        ours = split_sentences(solution, style="thought_anchors")
+        assert len(ours) == len(theirs)
+        for seg, chunk in zip(ours, theirs, strict=True):  # each mapped to its span of the text
+            assert seg.text == solution[seg.start:seg.end]
+            assert " ".join(seg.text.split()) == " ".join(chunk.split()), (folder.name, seg.index)
+        total += len(theirs)
+    assert total == 2338  # the 20 shipped traces' chunks
+
+
+def test_thought_anchors_style_by_hand():
+    text = ("<think>\nFirst, 3.5 + 1 = 4.5 and\na single newline goes on. Ok.\n\nNew paragraph here\n\n"
+            "So yes! Done\n</think>\n\nThe answer is 4.5.")
+    spans = thought_anchors_spans(text)
+    chunks = [c for _, _, c in spans]
+    assert chunks[0] == "First, 3.5 + 1 = 4.5 and\na single newline goes on."  # no end at "3.5" or "\n"
+    assert chunks[1] == "Ok. New paragraph here"  # "Ok." is under 10 characters: joined to the next, one space
+    assert chunks[2] == "So yes! Done"  # "Done" is the last and short: joined to the one before
+    assert len(chunks) == 3
+    a, b, _ = spans[1]
+    assert text[a:b] == "Ok.\n\nNew paragraph here"  # the span covers what lay between the pieces
+    assert "answer" not in " ".join(chunks)  # only the thinking
+    with pytest.raises(ValueError, match="style='sentences' is not accepted"):
+        split_sentences(text, style="sentences")
+    with pytest.raises(ValueError, match="kind='step'"):
+        segment(text, kind="step", style="thought_anchors")
