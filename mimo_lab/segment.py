@@ -41,6 +41,9 @@ _STEP_END = re.compile(r"\n+")
 
 
 SENTENCE_STYLES = ("mimo_lab", "thought_anchors")
+# What an analysis "by sentence" can cut a text into: mimo_lab's sentences, steps (lines), or Thought
+# Anchors' chunks (their sentence style, for traces of long-form reasoning models).
+SEGMENT_KINDS = ("sentence", "step", "thought_anchors")
 _TA_ENDS = ".?!"
 _TA_MIN_CHARS = 10
 
@@ -299,28 +302,24 @@ class Segments(Sequence):
 
 
 def segment(text: str, *, kind: str = "sentence", labeller: Callable[[str, int, int], str] | None = None,
-            offset: int = 0, full_text: str | None = None, style: str = "mimo_lab") -> Segments:
-    """Cut `text` into sentences or steps (lines), label them and find their markers.
+            offset: int = 0, full_text: str | None = None) -> Segments:
+    """Cut `text` into segments, label them and find their markers.
 
+    kind: "sentence" (mimo_lab's: a sentence ends at . ! ? before whitespace and at every newline;
+    the texts join back to `text`), "step" (lines), or "thought_anchors" (Thought Anchors' chunks,
+    `thought_anchors_spans`: no break at a single newline, short pieces joined, only the thinking,
+    stripped; so the texts need not cover all of `text`).
     offset: where `text` starts inside `full_text` (spans are given in `full_text`'s offsets).
-    style (sentences only): "mimo_lab" (a sentence ends at . ! ? before whitespace and at every
-    newline; the texts join back to `text`) or "thought_anchors" (Thought Anchors' chunks,
-    `thought_anchors_spans`: no break at a single newline, short pieces joined; only the thinking,
-    stripped, so the texts do not cover all of `text`).
     """
     from mimo_lab.checks import check_choice, check_str
 
     check_str("text", text, empty_ok=True)
-    check_choice("kind", kind, ("sentence", "step"))
-    check_choice("style", style, SENTENCE_STYLES)
-    if style == "thought_anchors" and kind != "sentence":
-        raise ValueError(f"style='thought_anchors' is not accepted with kind={kind!r}: it is a sentence style "
-                         "(kind='sentence')")
+    check_choice("kind", kind, SEGMENT_KINDS)
     if labeller is not None and not callable(labeller):
         raise TypeError(f"labeller={labeller!r} is not accepted: a callable (sentence, index, count) -> label, "
                         "or None, is")
     labeller = labeller or DEFAULT_LABELLER
-    if style == "thought_anchors":
+    if kind == "thought_anchors":
         spans = [(a, b) for a, b, _ in thought_anchors_spans(text)]
     else:
         spans = _split(text, _SENTENCE_END if kind == "sentence" else _STEP_END)
@@ -336,8 +335,12 @@ def segment(text: str, *, kind: str = "sentence", labeller: Callable[[str, int, 
 
 def split_sentences(text: str, style: str = "mimo_lab") -> list[Segment]:
     """Sentences of `text` (spans into `text`). style "mimo_lab": their texts join back to `text`;
-    "thought_anchors": Thought Anchors' chunks (`thought_anchors_spans`), each the span of its chunk."""
-    return list(segment(text, kind="sentence", style=style))
+    "thought_anchors": Thought Anchors' chunks (`thought_anchors_spans`), each the span of its chunk
+    (the same as `segment(text, kind="thought_anchors")`)."""
+    from mimo_lab.checks import check_choice
+
+    check_choice("style", style, SENTENCE_STYLES)
+    return list(segment(text, kind="sentence" if style == "mimo_lab" else "thought_anchors"))
 
 
 def split_steps(text: str) -> list[Segment]:

@@ -124,5 +124,4 @@ def test_thought_anchors_style_by_hand():
     assert "answer" not in " ".join(chunks)  # only the thinking
     with pytest.raises(ValueError, match="style='sentences' is not accepted"):
         split_sentences(text, style="sentences")
-    with pytest.raises(ValueError, match="kind='step'"):
-        segment(text, kind="step", style="thought_anchors")
+    assert [(s.start, s.end) for s in segment(text, kind="thought_anchors")] == [(a, b) for a, b, _ in spans]

@@ -35,7 +35,7 @@ from transformers import DynamicCache
 
 from mimo_lab.checks import check_int, check_path, show
 from mimo_lab.probe.inputs import Encoded, check_layers, encode, need_model, quiet_cache_warning, trace_kwargs
-from mimo_lab.segment import segment
+from mimo_lab.segment import SEGMENT_KINDS, segment
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import base_layout, shorten
 
@@ -188,8 +188,11 @@ def token_groups(encoded: Encoded, kind: str = "sentence", labeller=None) -> tup
         of_token = sentences.token_segments(trace.spans)
         for s in sentences:
             info.append({"name": f"{kind} {s.index}", "role": "segment", "label": s.label, "text": s.stripped})
-        for i, seg in enumerate(of_token):
-            groups[offset + i] = 1 + seg if seg >= 0 else -1
+        last = max((i for i, seg in enumerate(of_token) if seg >= 0), default=-1)
+        previous = -1
+        for i, seg in enumerate(of_token):  # a gap between two segments (Thought Anchors' chunks leave the
+            previous = 1 + seg if seg >= 0 else previous  # whitespace between them) stays with the one before
+            groups[offset + i] = previous if i <= last else -1
         inside = (groups[offset:] >= 0).nonzero().flatten()
         if len(inside):  # tokens before the first sentence ("<think>\n") join the prompt group
             groups[offset : offset + int(inside[0])] = 0
@@ -416,8 +419,8 @@ class AttentionResult:
 
     def by_sentence(self, kind: str = "sentence", labeller=None) -> SentenceAttention:
         """Sentence x sentence attention (see `SentenceAttention`), reduced block by block."""
-        if kind not in ("sentence", "step"):
-            raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
+        if kind not in SEGMENT_KINDS:
+            raise ValueError(f"kind={show(kind)} is not accepted: one of {', '.join(map(repr, SEGMENT_KINDS))} is")
         groups, info = self._groups(kind, labeller)
         if (groups < 0).any() or (groups[1:] < groups[:-1]).any():
             raise ValueError("sentence groups must cover every token in order (contiguous spans)")
@@ -483,7 +486,7 @@ class AttentionResult:
         enc = self.encoded
         tensors = {"q": self.q, "k": self.k, "ids": enc.ids}
         groups = {}
-        kinds = self._saved_groups if enc.trace is None else ("sentence", "step")
+        kinds = self._saved_groups if enc.trace is None else SEGMENT_KINDS
         for kind in kinds:
             ids, info = self._groups(kind, None)
             tensors[f"groups_{kind}"] = ids
@@ -655,8 +658,8 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
     traces = check_inputs(traces, "traces")
     layers = check_layer_list(lab, layers)
     proximity = check_proximity(proximity)
-    if kind not in ("sentence", "step"):
-        raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
+    if kind not in SEGMENT_KINDS:
+        raise ValueError(f"kind={show(kind)} is not accepted: one of {', '.join(map(repr, SEGMENT_KINDS))} is")
     need_model(lab, "receiver_heads")
     for i, item in enumerate(traces):  # before any forward pass
         count = len(item.segments(kind) if isinstance(item, Trace) else segment(item, kind=kind))

@@ -37,6 +37,7 @@ from mimo_lab.probe.attention import (
 )
 from mimo_lab.probe.capture import capture
 from mimo_lab.probe.inputs import encode, need_model
+from mimo_lab.segment import SEGMENT_KINDS
 from mimo_lab.trace import Trace
 from mimo_lab.viz.style import LABEL_COLOURS, base_layout, shorten
 
@@ -380,7 +381,7 @@ def behaviour_vector(lab, traces, layer: int, where="backtracking", *, kind: str
                             "behaviour's positions are found in its sentences)")
     layer = check_layer(lab, layer)
     select = _sentence_selector(where)
-    kind = check_choice("kind", kind, ("sentence", "step"))
+    kind = check_choice("kind", kind, SEGMENT_KINDS)
     lead = check_int("lead", lead, minimum=0)
     span = check_choice("span", span, ("sentence", "lead"))
     against = check_choice("against", against, ("rest", "other_sentences"))
@@ -501,8 +502,8 @@ def _sentences(trace: Trace, kind: str) -> list[dict]:
 def _check_trace(trace, kind: str) -> list[dict]:
     if not isinstance(trace, Trace):
         raise TypeError(f"trace={show(trace)} ({type(trace).__name__}) is not accepted: a Trace is")
-    if kind not in ("sentence", "step"):
-        raise ValueError(f"kind={show(kind)} is not accepted: 'sentence' or 'step' is")
+    if kind not in SEGMENT_KINDS:
+        raise ValueError(f"kind={show(kind)} is not accepted: one of {', '.join(map(repr, SEGMENT_KINDS))} is")
     sentences = _sentences(trace, kind)
     if not sentences:
         raise ValueError(f"trace has no {kind}s to suppress (its thinking is empty: {shorten(trace.text, 60)!r})")

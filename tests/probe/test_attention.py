@@ -255,3 +255,29 @@ def test_results_save_and_load_round_trip(lab, make_trace, tmp_path):
     with pytest.raises(ValueError, match="is not a saved HeadScores"):
         HeadScores.load(tmp_path / "att.safetensors")
     assert "AttentionResult" in repr(att) and "ReceiverHeads" in repr(heads) and "<p>" in heads._repr_html_()
+
+
+def test_by_sentence_in_thought_anchors_chunks(lab, make_trace):
+    """kind="thought_anchors": one group per Thought Anchors chunk of the thinking (no break at a
+    single newline, short pieces joined); the whitespace between chunks stays with the chunk before;
+    each block is the mean of eager attention over its tokens."""
+    text = ("<think>\nI add 17 and 28 by columns,\nones first: 7 + 8 = 15. Ok.\n\nTens: 1 + 2 + 1 = 4, so "
+            "the sum is 45.\n\nCheck: 45 - 28 = 17. Yes\n</think>\nThe sum is \\boxed{45}.")
+    trace = _trace(lab, make_trace, text)
+    chunks = trace.segments("thought_anchors")
+    assert [c.stripped for c in chunks] == [
+        "I add 17 and 28 by columns,\nones first: 7 + 8 = 15.", "Ok.\n\nTens: 1 + 2 + 1 = 4, so the sum is 45.",
+        "Check: 45 - 28 = 17. Yes"]
+    result = attention(lab, trace, 1)
+    sentences = result.by_sentence(kind="thought_anchors")
+    assert [g["role"] for g in sentences.groups] == ["prompt", "segment", "segment", "segment", "answer"]
+    pattern = _eager(lab, result.encoded.ids.reshape(1, -1))[1]
+    for i, gi in enumerate(sentences.groups):
+        for j, gj in enumerate(sentences.groups):
+            qs, ks = torch.arange(gi["start"], gi["end"]), torch.arange(gj["start"], gj["end"])
+            valid = ks[None, :] <= qs[:, None]
+            if valid.any():
+                expected = pattern[:, qs][:, :, ks][:, valid].mean(-1)
+                torch.testing.assert_close(sentences.matrix[:, i, j], expected, atol=1e-5, rtol=1e-4)
+    ends = [g["end"] for g in sentences.groups[:-1]]
+    assert ends == [g["start"] for g in sentences.groups[1:]]  # contiguous: the gaps went to the chunk before
