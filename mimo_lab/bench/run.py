@@ -286,15 +286,15 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
     if backend == "vllm":
         from mimo_lab.bench.vllm_backend import drafts_with_mtp
 
-        mtp_draft = drafts_with_mtp(lab, mtp_draft, greedy=resolved["greedy"])  # checked before any work
+        drafting = drafts_with_mtp(lab, mtp_draft, greedy=resolved["greedy"])  # checked before any work
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"mimo-lab-{suite.name}-"))
     selection = {"limit": limit, "select": select if limit is not None else "all", "seed": 0}
     settings = _settings(lab, suite, samples, seed, resolved, backend, selection, decoding)
     if backend == "vllm":
-        settings["vllm"] = {"mtp_draft": mtp_draft, "prefix_caching": True}
+        settings["vllm"] = {"mtp_draft": drafting, "prefix_caching": True}
     _check_resume(folder, settings)  # before the engine is built
-    generate = _backend(lab, backend, mtp_draft, resolved["greedy"])
-    if backend == "vllm" and generate.mtp_draft != mtp_draft:  # this vLLM could not draft with MTP (warned)
+    generate = _backend(lab, backend, mtp_draft, resolved["greedy"])  # as asked: None may fall back (warned)
+    if backend == "vllm" and generate.mtp_draft != drafting:  # this vLLM could not draft with MTP
         settings["vllm"]["mtp_draft"] = generate.mtp_draft
         _check_resume(folder, settings)
     folder.mkdir(parents=True, exist_ok=True)

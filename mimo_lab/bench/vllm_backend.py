@@ -117,10 +117,12 @@ def engine_options(lab, vllm, *, mtp_draft: bool, prefix_caching: bool) -> dict:
     return options
 
 
-def engine(lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True):
-    """The vLLM engine for a Lab and these settings (built once, then reused)."""
+def engine(lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True, greedy: bool = True):
+    """The vLLM engine for a Lab and these settings (built once, then reused). MTP drafting as
+    `drafts_with_mtp` decides; where it was not asked for (mtp_draft=None) and this vLLM cannot do it,
+    the engine runs without, with a warning (`llm._mimo_lab_mtp_draft` says which)."""
     vllm = require_vllm()
-    draft = drafts_with_mtp(lab, mtp_draft)
+    draft = drafts_with_mtp(lab, mtp_draft, greedy=greedy)
     key = (id(lab), draft, bool(prefix_caching))
     if key in _ENGINES:
         return _ENGINES[key]
@@ -227,8 +229,7 @@ class VLLMGenerator:
     def __init__(self, lab, *, mtp_draft: bool | None = None, prefix_caching: bool = True, greedy: bool = True):
         self.vllm = require_vllm()
         self.lab = lab
-        mtp_draft = drafts_with_mtp(lab, mtp_draft, greedy=greedy)
-        self.llm = engine(lab, mtp_draft=mtp_draft, prefix_caching=prefix_caching)
+        self.llm = engine(lab, mtp_draft=mtp_draft, prefix_caching=prefix_caching, greedy=greedy)
         self.mtp_draft = self.llm._mimo_lab_mtp_draft
         self.prefix_caching = bool(prefix_caching)
         self._start = counters(self.llm)

@@ -481,10 +481,10 @@ def sample_examples(n: int, seed: int, *, levels=TRAIN_LEVELS, families=FAMILIES
     weights = [(V2_TRAIN_WEIGHTS if style == "v2" else TRAIN_WEIGHTS)[f] for f in families]
     levels = list(levels)
     level_weights = [V2_LEVEL_WEIGHTS.get(level, 1.0) for level in levels]
+    uneven = style == "v2" and len(set(level_weights)) > 1
     out = []
     for _ in range(n):
         family = rng.choices(families, weights)[0]
-        uneven = style == "v2" and len(set(level_weights)) > 1
         level = rng.choices(levels, level_weights)[0] if uneven else rng.choice(levels)  # equal: v2c's draws
         problem = make_problem(family, level, rng, split=split)
         out.append(make_example(problem, rng, style))

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import DynamicCache
 
-from mimo_lab.checks import check_int, check_path, show
+from mimo_lab.checks import check_choice, check_int, check_path, show
 from mimo_lab.probe.inputs import Encoded, check_layers, encode, need_model, quiet_cache_warning, trace_kwargs
 from mimo_lab.segment import SEGMENT_KINDS, segment
 from mimo_lab.trace import Trace
@@ -419,8 +419,7 @@ class AttentionResult:
 
     def by_sentence(self, kind: str = "sentence", labeller=None) -> SentenceAttention:
         """Sentence x sentence attention (see `SentenceAttention`), reduced block by block."""
-        if kind not in SEGMENT_KINDS:
-            raise ValueError(f"kind={show(kind)} is not accepted: one of {', '.join(map(repr, SEGMENT_KINDS))} is")
+        check_choice("kind", kind, SEGMENT_KINDS)
         groups, info = self._groups(kind, labeller)
         if (groups < 0).any() or (groups[1:] < groups[:-1]).any():
             raise ValueError("sentence groups must cover every token in order (contiguous spans)")
@@ -658,8 +657,7 @@ def receiver_heads(lab, traces, layers=None, proximity: int = 4, kind: str = "se
     traces = check_inputs(traces, "traces")
     layers = check_layer_list(lab, layers)
     proximity = check_proximity(proximity)
-    if kind not in SEGMENT_KINDS:
-        raise ValueError(f"kind={show(kind)} is not accepted: one of {', '.join(map(repr, SEGMENT_KINDS))} is")
+    check_choice("kind", kind, SEGMENT_KINDS)
     need_model(lab, "receiver_heads")
     for i, item in enumerate(traces):  # before any forward pass
         count = len(item.segments(kind) if isinstance(item, Trace) else segment(item, kind=kind))

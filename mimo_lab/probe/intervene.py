@@ -502,8 +502,7 @@ def _sentences(trace: Trace, kind: str) -> list[dict]:
 def _check_trace(trace, kind: str) -> list[dict]:
     if not isinstance(trace, Trace):
         raise TypeError(f"trace={show(trace)} ({type(trace).__name__}) is not accepted: a Trace is")
-    if kind not in SEGMENT_KINDS:
-        raise ValueError(f"kind={show(kind)} is not accepted: one of {', '.join(map(repr, SEGMENT_KINDS))} is")
+    check_choice("kind", kind, SEGMENT_KINDS)
     sentences = _sentences(trace, kind)
     if not sentences:
         raise ValueError(f"trace has no {kind}s to suppress (its thinking is empty: {shorten(trace.text, 60)!r})")

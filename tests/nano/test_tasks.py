@@ -364,3 +364,15 @@ def test_v2_arithmetic_is_right_unless_a_slip_went_unnoticed(family, a, b, seed)
     if example.cut_short:
         return
     assert (got == example.problem.answer) == (not example.slipped or example.noticed), example.completion
+
+
+def test_v2_level_weights_set_how_often_each_training_level_is_drawn(monkeypatch):
+    from collections import Counter
+
+    even = Counter(e.problem.level for e in tasks.sample_examples(600, seed=2, style="v2"))
+    v1 = [e.completion for e in tasks.sample_examples(200, seed=2)]
+    assert all(150 <= even[level] <= 250 for level in tasks.TRAIN_LEVELS), even
+    monkeypatch.setitem(tasks.V2_LEVEL_WEIGHTS, 3, 4.0)  # level 3 four times as likely as each other level
+    heavy = Counter(e.problem.level for e in tasks.sample_examples(600, seed=2, style="v2"))
+    assert heavy[3] > 2.5 * heavy[1] and heavy[3] > 2.5 * heavy[2], heavy
+    assert [e.completion for e in tasks.sample_examples(200, seed=2)] == v1  # v1 ignores them

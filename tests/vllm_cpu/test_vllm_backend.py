@@ -221,3 +221,23 @@ def test_cli_runs_the_vllm_backend(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["backend"] == "vllm" and summary["samples"] == 6
     assert summary["vllm"]["mtp_draft"] is False
+
+
+def test_an_engine_that_cannot_draft_runs_without_unless_drafting_was_asked_for(lab, tmp_path, monkeypatch):
+    suite = nano_suite(per_cell=1, levels=(1,))
+    real = vllm.LLM
+
+    def without_mtp(**options):
+        if "speculative_config" in options:
+            raise RuntimeError("no MTP drafting in this vLLM")
+        return real(**options)
+
+    monkeypatch.setattr(vllm, "LLM", without_mtp)
+    release_engines()
+    with pytest.warns(UserWarning, match="could not use MiMo's MTP layer"):
+        quiet = run(lab, suite, out=tmp_path / "default", backend="vllm", progress=False)  # greedy: drafts if it can
+    assert quiet.settings["vllm"]["mtp_draft"] is False and quiet.summary["vllm"]["mtp_draft"] is False
+    release_engines()
+    with pytest.raises(RuntimeError, match="no MTP drafting"):
+        run(lab, suite, out=tmp_path / "asked", backend="vllm", mtp_draft=True, progress=False)
+    release_engines()
