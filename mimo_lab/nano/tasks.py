@@ -656,6 +656,14 @@ def _v2_add_up(lines: list[str], values: list[int], site: _Site, what: str) -> t
     return lines + column_lines, total
 
 
+def _left(numbers: list[int], i: int, cols: int) -> str:
+    """" Left: 499 and 0." after column i of a two-number column sum: what is left of each number, so
+    the next column reads each number's last digit (by content) rather than its i-th from the right."""
+    if len(numbers) != 2 or i + 1 >= cols:
+        return ""
+    return " Left: " + " and ".join(str(n // 10 ** (i + 1)) for n in numbers) + "."
+
+
 def _v2_column_add(numbers: list[int], site: _Site) -> tuple[list[str], int]:
     """Column addition, right to left (v1's lines; the site's step may slip). Returns (lines, the
     total the lines reach: wrong after an unnoticed slip)."""
@@ -670,7 +678,7 @@ def _v2_column_add(numbers: list[int], site: _Site) -> tuple[list[str], int]:
             return f"write {total % 10}" + (f", carry {total // 10}." if total // 10 else ".")
 
         text, total = _fact(site, _has_7_or_8(*terms), expr, sum(terms) + carry, rest, avoid=(*terms, carry))
-        lines.append(f"{PLACES[i]}: {text}")
+        lines.append(f"{PLACES[i]}: {text}" + _left(numbers, i, cols))
         reached += (total % 10) * 10**i
         carry = total // 10
     if carry:
@@ -711,7 +719,7 @@ def _v2_borrow_sub(a: int, b: int, site: _Site) -> tuple[list[str], int]:
         value = top - take + (10 if need else 0)
         text, value = _fact(site, _has_7_or_8(top, bottom), shown, value, lambda v: "", sep=".",
                             avoid=(top, take), most=9)
-        lines.append(f"{prefix}{text.removesuffix('So ').rstrip()}")
+        lines.append(f"{prefix}{text.removesuffix('So ').rstrip()}" + _left([a, b], i, cols))
         digits.append(value)
         borrow = 1 if need else 0
     lines.append(f"The digits from the highest place: {', '.join(map(str, reversed(digits)))}.")
@@ -839,7 +847,7 @@ def _v2_spell(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
         event = site.visit(True)
         if event in (None, "plain"):
             count += 1
-            items.append(f"{ch} ({count})" + ("." + _SITE + " Then" if event else ""))
+            items.append(f"{ch} ({count})" + (_SITE if event else ""))
         elif event == "noticed":
             count += 1
             items.append(f"{ch}.{_SITE} Wait, that is the letter {letter}: {ch} ({count}). Then")
@@ -847,7 +855,7 @@ def _v2_spell(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
             count += 1
             items.append(f"{ch} ({count}).{_SITE} Wait, let me check: that is the letter {letter}, yes. Then")
         else:  # unnoticed: the match goes by unmarked
-            items.append(f"{ch}.{_SITE} Then")
+            items.append(f"{ch}{_SITE}")
     text = ", ".join([*items, "end"]).replace(" Then, ", " Then ")
     times = f"time{'' if count == 1 else 's'}"
     return ["Letters: " + text + ".", f"The letter {letter} appears {count} {times}."], count
@@ -869,8 +877,8 @@ def _v2_tally(letter: str, word: str, site: _Site) -> tuple[list[str], int]:
             items.append(f"{ch} {total - 1}.{_SITE} Wait, that is the letter {letter}: {ch} {total}. Then")
         elif event == "false_alarm":
             items.append(f"{ch} {total}.{_SITE} Wait, let me check: that is the letter {letter}, yes. Then")
-        else:  # plain, or unnoticed (the total stayed where it was)
-            items.append(f"{ch} {total}.{_SITE} Then")
+        else:  # plain, or unnoticed (the total stayed where it was): the list goes on unbroken
+            items.append(f"{ch} {total}{_SITE}")
     text = ", ".join(items).replace(" Then, ", " Then ")
     text = text.removesuffix(" Then") if text.endswith(" Then") else text + "."  # the site ends the list
     times = f"time{'' if total == 1 else 's'}"
