@@ -235,6 +235,27 @@ class Lab:
         return generation.generate(self, prompt_or_prompts, seed=seed, mtp=mtp, batch_size=batch_size,
                                    system=system, preset=preset, **sampling)
 
+    def score(self, prompt_or_traces, completion: str | None = None, *, system: str | None = None,
+              mtp: bool | None = None, chunk_size: int = 1024, top_alternatives: int = 5,
+              preset: str = "recommended", **sampling) -> Trace | list[Trace]:
+        """Read a given text with this model (teacher forcing) and return it as a Trace with `generate`'s
+        per-token analytics: log-prob, entropy at the sampling settings, model entropy, top-k, MTP guesses.
+
+        prompt_or_traces: a prompt (string or chat messages) with `completion`, the text after it; or a
+            Trace from any model (scored on its own token ids when this lab's tokenizer made it, else
+            re-read from its prompt and text); or a list of Traces or (prompt, completion) pairs.
+        sampling: temperature, top_p, top_k, greedy — the settings the entropies are computed at
+            (default: `card.recommended_sampling`, recorded in `trace.sampling`; preset="default" for
+            `card.default_decoding`).
+        chunk_size: tokens per forward chunk (KV cache): memory is linear in the text's length.
+        `trace.meta["scored"]` records the scorer, how the tokens were obtained, the log-prob of ending the
+        turn right after the text (`end_logprob`) and, for a Trace, its model, seed and sampling.
+        """
+        from mimo_lab.score import score
+
+        return score(self, prompt_or_traces, completion, system=system, mtp=mtp, chunk_size=chunk_size,
+                     top_alternatives=top_alternatives, preset=preset, **sampling)
+
     def regenerate(self, trace: Trace, **overrides) -> Trace:
         """Generate again from a (saved) trace's prompt tokens, sampling settings and seed: the same tokens.
         A resampled trace is resampled again from its recorded position."""

@@ -1,0 +1,195 @@
+"""Score any text with any model: a teacher-forced pass that gives a text the analytics `generate` records.
+
+`lab.score(prompt, completion)` (or `lab.score(trace)`, or a list of either) reads the prompt (chat
+template applied, as `generate` does) followed by the completion, and returns a `Trace` of the completion
+with, per token, what the model would have recorded had it generated it: log-probability (temperature 1),
+the entropy of the distribution it would have sampled from at the given settings (default: the card's
+recommended sampling, recorded in `trace.sampling`), the model's own entropy, its top-k alternatives, and
+for MiMo the MTP head's t+2 guesses. One forward pass, in chunks of `chunk_size` tokens with a KV cache, so
+a 32k-token text needs memory linear in its length (one chunk's logits at a time).
+
+A Trace from this model's tokenizer is scored on its own token ids (never a re-tokenisation of its text,
+which need not give the same ids); a Trace from any other model is re-read from its prompt and text.
+The result is a Trace like any other: every probe, view and saver accepts it. It was not sampled, so it
+has no seed and cannot be regenerated; `meta["scored"]` says what was scored and where it came from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from transformers import DynamicCache, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from mimo_lab.checks import check_int, check_str, show
+from mimo_lab.generation import (
+    Sampling,
+    TokenDecoder,
+    _add_special_tokens,
+    _copy_prompt,
+    _with_mtp,
+    check_prompt,
+    check_sampling,
+    eos_token_ids,
+    format_prompt,
+    mtp_analytics,
+)
+from mimo_lab.trace import Trace, tokenizer_fingerprint
+
+
+def _warpers(settings: Sampling) -> list:
+    """The warpers `generate`'s sampler applies, in its order (none for greedy decoding)."""
+    if settings.greedy:
+        return []
+    return [TemperatureLogitsWarper(settings.temperature),
+            *([TopKLogitsWarper(settings.top_k)] if settings.top_k else []),
+            *([TopPLogitsWarper(settings.top_p)] if settings.top_p < 1 else [])]
+
+
+def _inputs(lab, prompt_or_traces, completion, system) -> tuple[list[tuple], bool]:
+    """[(prompt, prompt_text, prompt_ids, completion_ids, source trace or None, how)], single — all checked."""
+    if isinstance(prompt_or_traces, list | tuple) and not prompt_or_traces:
+        raise ValueError("prompt_or_traces=[] is empty: give a prompt and a completion, a Trace, or a non-empty list")
+    if isinstance(prompt_or_traces, Trace):
+        if completion is not None:
+            raise ValueError(f"completion={show(completion)} is for a prompt: a Trace brings its own text "
+                             "(score(trace), or score(prompt, completion))")
+        items, single = [prompt_or_traces], True
+    elif isinstance(prompt_or_traces, list | tuple) and prompt_or_traces and not isinstance(prompt_or_traces[0], dict):
+        if completion is not None:
+            raise ValueError(f"completion={show(completion)} is for one prompt: a list holds Traces or "
+                             "(prompt, completion) pairs")
+        items, single = list(prompt_or_traces), False
+    else:
+        if completion is None:
+            raise ValueError("completion=None: score(prompt, completion) needs the text to score after the prompt "
+                             "(or give a Trace, or a list of Traces or (prompt, completion) pairs)")
+        items, single = [(prompt_or_traces, completion)], True
+    mine = tokenizer_fingerprint(lab.tokenizer)
+    special = _add_special_tokens(lab)
+    out = []
+    for i, item in enumerate(items):
+        name = "trace" if single else f"prompt_or_traces[{i}]"
+        if isinstance(item, Trace):
+            own = item.tokenizer_fingerprint == mine and item.prompt_ids.numel() > 0
+            if own:
+                out.append((item.prompt, item.prompt_text, item.prompt_ids.clone(), item.token_ids.clone(), item,
+                            "the trace's own token ids"))
+                continue
+            if not item.text:
+                raise ValueError(f"{name} has no text to score")
+            prompt = check_prompt(item.prompt, f"{name}.prompt")
+            text = format_prompt(lab, prompt, system)
+            completion_text = item.text
+        else:
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise TypeError(f"{name}={show(item)} is not accepted: a Trace or a (prompt, completion) pair is")
+            prompt = check_prompt(item[0], "prompt" if single else f"{name}[0]")
+            completion_text = check_str("completion" if single else f"{name}[1]", item[1])
+            text = format_prompt(lab, prompt, system)
+        prompt_ids = torch.tensor(lab.tokenizer(text, add_special_tokens=special)["input_ids"], dtype=torch.long)
+        ids = torch.tensor(lab.tokenizer(completion_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        out.append((prompt, text, prompt_ids, ids, item if isinstance(item, Trace) else None, "tokenized here"))
+    return out, single
+
+
+@torch.inference_mode()
+def _analytics(lab, prompt_ids: torch.Tensor, token_ids: torch.Tensor, settings: Sampling, k: int,
+               chunk_size: int) -> dict[str, torch.Tensor]:
+    """Per completion token: logprob, entropy (at `settings`), model entropy, top-k; and the end-of-turn
+    log-prob after the last token. One pass in chunks with a KV cache."""
+    model = lab.model
+    full = torch.cat([prompt_ids, token_ids])
+    n, start = int(full.numel()), int(prompt_ids.numel())
+    warpers = _warpers(settings)
+    eos = eos_token_ids(model, lab.tokenizer)
+    k = min(k, model.config.vocab_size)
+    rows = {name: [] for name in ("logprob", "entropy", "model_entropy", "top_ids", "top_logprobs")}
+    end_logprob = math.nan
+    cache = DynamicCache(config=model.config)
+    # transformers renamed forward's cache argument (past_key_values up to 5.19, cache from 5.20)
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    ids = full.to(model.device)[None]
+    for begin in range(0, n, chunk_size):
+        stop = min(begin + chunk_size, n)
+        logits = model(input_ids=ids[:, begin:stop], use_cache=True, **{cache_name: cache}).logits[0]
+        # row j (position begin + j) predicts the token at begin + j + 1; keep the rows that predict a
+        # completion token, and the last row (what follows the text)
+        first = max(begin, start - 1)
+        if first >= stop:
+            continue
+        scores = logits[first - begin:].float()
+        logprobs = scores.log_softmax(-1)
+        if stop == n:
+            end_logprob = float(torch.logsumexp(logprobs[-1, eos], -1)) if eos else math.nan
+            scores, logprobs = scores[:-1], logprobs[:-1]
+        if not len(scores):
+            continue
+        targets = full[first + 1: first + 1 + len(scores)].to(logprobs.device)
+        top = logprobs.topk(k, dim=-1)
+        model_entropy = torch.special.entr(logprobs.exp()).sum(-1)
+        if warpers:
+            warped = scores
+            for warper in warpers:
+                warped = warper(None, warped)
+            entropy = torch.special.entr(warped.softmax(-1)).sum(-1)
+        else:
+            entropy = model_entropy
+        rows["logprob"].append(logprobs.gather(-1, targets[:, None])[:, 0].cpu())
+        rows["entropy"].append(entropy.cpu())
+        rows["model_entropy"].append(model_entropy.cpu())
+        rows["top_ids"].append(top.indices.cpu())
+        rows["top_logprobs"].append(top.values.cpu())
+    out = {name: (torch.cat(parts) if parts else torch.zeros((0, k) if name.startswith("top") else 0))
+           for name, parts in rows.items()}
+    out["top_ids"] = out["top_ids"].long()
+    out["end_logprob"] = end_logprob
+    return out
+
+
+def score(lab, prompt_or_traces, completion: str | None = None, *, system: str | None = None,
+          mtp: bool | None = None, chunk_size: int = 1024, top_alternatives: int = 5,
+          preset: str = "recommended", **sampling) -> Trace | list[Trace]:
+    """See `Lab.score`."""
+    from mimo_lab.checks import check_choice
+
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    top_alternatives = check_int("top_alternatives", top_alternatives, minimum=1)
+    with_mtp = _with_mtp(lab, mtp)
+    settings = check_sampling(lab, sampling, base=check_choice("preset", preset, ("default", "recommended")))
+    items, single = _inputs(lab, prompt_or_traces, completion, system)
+    for i, (_, _, prompt_ids, ids, _, _) in enumerate(items):
+        where = "" if single else f" (item {i})"
+        if not ids.numel():
+            raise ValueError(f"the completion{where} is empty: there is no token to score")
+        if prompt_ids.numel() + ids.numel() > lab.card.context_length:
+            raise ValueError(f"the text{where} is {prompt_ids.numel() + ids.numel()} tokens: {lab.name!r} reads at "
+                             f"most {lab.card.context_length} (card.context_length)")
+    lab._need_weights("score")
+    decoder = TokenDecoder(lab.tokenizer)
+    fingerprint = tokenizer_fingerprint(lab.tokenizer)
+    traces = []
+    with lab._lock:
+        for prompt, prompt_text, prompt_ids, ids, source, how in items:
+            stats = _analytics(lab, prompt_ids, ids, settings, top_alternatives, chunk_size)
+            text, spans = decoder.decode_with_spans(ids.tolist())
+            scored = {"scorer": lab.name, "tokens": how, "end_logprob": stats["end_logprob"]}
+            if source is not None:
+                scored.update(source_model=source.model_name, source_seed=source.seed, source_sampling=source.sampling)
+            trace = Trace(
+                prompt=_copy_prompt(prompt), text=text, token_ids=ids, token_texts=[text[s:e] for s, e in spans],
+                spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2), logprobs=stats["logprob"],
+                entropies=stats["entropy"], model_entropies=stats["model_entropy"], top_ids=stats["top_ids"],
+                top_logprobs=stats["top_logprobs"],
+                top_texts=[[decoder.token_text(t) for t in row] for row in stats["top_ids"].tolist()],
+                finish_reason=source.finish_reason if source is not None else "stop", prompt_text=prompt_text,
+                prompt_ids=prompt_ids, model_name=lab.name, revision=lab.revision, sampling=settings.as_dict(),
+                seed=None, think_start=lab.card.think_start, think_end=lab.card.think_end,
+                meta={**(dict(source.meta) if source is not None else {}), "analytics": "teacher-forced",
+                      "scored": scored},
+                tokenizer_fingerprint=fingerprint)
+            if with_mtp:
+                trace.mtp = mtp_analytics(lab.model, prompt_ids, ids)
+            traces.append(trace)
+    return traces[0] if single else traces
