@@ -237,7 +237,7 @@ class Lab:
 
     def score(self, prompt_or_traces, completion: str | None = None, *, system: str | None = None,
               mtp: bool | None = None, chunk_size: int = 1024, top_alternatives: int = 5,
-              preset: str = "recommended", **sampling) -> Trace | list[Trace]:
+              preset: str = "recommended", prompt_suffix: str = "", **sampling) -> Trace | list[Trace]:
         """Read a given text with this model (teacher forcing) and return it as a Trace with `generate`'s
         per-token analytics: log-prob, entropy at the sampling settings, model entropy, top-k, MTP guesses.
 
@@ -248,13 +248,15 @@ class Lab:
             (default: `card.recommended_sampling`, recorded in `trace.sampling`; preset="default" for
             `card.default_decoding`).
         chunk_size: tokens per forward chunk (KV cache): memory is linear in the text's length.
+        prompt_suffix: text the model reads after the formatted prompt, before the completion (e.g. "<think>\n"
+            for an R1-style trace whose chat template opened the thinking); not re-read from a Trace's own ids.
         `trace.meta["scored"]` records the scorer, how the tokens were obtained, the log-prob of ending the
         turn right after the text (`end_logprob`) and, for a Trace, its model, seed and sampling.
         """
         from mimo_lab.score import score
 
         return score(self, prompt_or_traces, completion, system=system, mtp=mtp, chunk_size=chunk_size,
-                     top_alternatives=top_alternatives, preset=preset, **sampling)
+                     top_alternatives=top_alternatives, preset=preset, prompt_suffix=prompt_suffix, **sampling)
 
     def regenerate(self, trace: Trace, **overrides) -> Trace:
         """Generate again from a (saved) trace's prompt tokens, sampling settings and seed: the same tokens.

@@ -47,7 +47,7 @@ def _warpers(settings: Sampling) -> list:
             *([TopPLogitsWarper(settings.top_p)] if settings.top_p < 1 else [])]
 
 
-def _inputs(lab, prompt_or_traces, completion, system) -> tuple[list[tuple], bool]:
+def _inputs(lab, prompt_or_traces, completion, system, suffix) -> tuple[list[tuple], bool]:
     """[(prompt, prompt_text, prompt_ids, completion_ids, source trace or None, how)], single — all checked."""
     if isinstance(prompt_or_traces, list | tuple) and not prompt_or_traces:
         raise ValueError("prompt_or_traces=[] is empty: give a prompt and a completion, a Trace, or a non-empty list")
@@ -80,14 +80,14 @@ def _inputs(lab, prompt_or_traces, completion, system) -> tuple[list[tuple], boo
             if not item.text:
                 raise ValueError(f"{name} has no text to score")
             prompt = check_prompt(item.prompt, f"{name}.prompt")
-            text = format_prompt(lab, prompt, system)
+            text = format_prompt(lab, prompt, system) + suffix
             completion_text = item.text
         else:
             if not isinstance(item, tuple | list) or len(item) != 2:
                 raise TypeError(f"{name}={show(item)} is not accepted: a Trace or a (prompt, completion) pair is")
             prompt = check_prompt(item[0], "prompt" if single else f"{name}[0]")
             completion_text = check_str("completion" if single else f"{name}[1]", item[1])
-            text = format_prompt(lab, prompt, system)
+            text = format_prompt(lab, prompt, system) + suffix
         prompt_ids = torch.tensor(lab.tokenizer(text, add_special_tokens=special)["input_ids"], dtype=torch.long)
         ids = torch.tensor(lab.tokenizer(completion_text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         out.append((prompt, text, prompt_ids, ids, item if isinstance(item, Trace) else None, "tokenized here"))
@@ -150,7 +150,7 @@ def _analytics(lab, prompt_ids: torch.Tensor, token_ids: torch.Tensor, settings:
 
 def score(lab, prompt_or_traces, completion: str | None = None, *, system: str | None = None,
           mtp: bool | None = None, chunk_size: int = 1024, top_alternatives: int = 5,
-          preset: str = "recommended", **sampling) -> Trace | list[Trace]:
+          preset: str = "recommended", prompt_suffix: str = "", **sampling) -> Trace | list[Trace]:
     """See `Lab.score`."""
     from mimo_lab.checks import check_choice
 
@@ -158,7 +158,8 @@ def score(lab, prompt_or_traces, completion: str | None = None, *, system: str |
     top_alternatives = check_int("top_alternatives", top_alternatives, minimum=1)
     with_mtp = _with_mtp(lab, mtp)
     settings = check_sampling(lab, sampling, base=check_choice("preset", preset, ("default", "recommended")))
-    items, single = _inputs(lab, prompt_or_traces, completion, system)
+    prompt_suffix = check_str("prompt_suffix", prompt_suffix, empty_ok=True)
+    items, single = _inputs(lab, prompt_or_traces, completion, system, prompt_suffix)
     for i, (_, _, prompt_ids, ids, _, _) in enumerate(items):
         where = "" if single else f" (item {i})"
         if not ids.numel():
