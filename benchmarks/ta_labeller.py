@@ -75,6 +75,9 @@ def main() -> None:
         "folds_whole_trace": folds,
     }
     final = fit([t[:3] for t in traces], groups=[t[3] for t in traces])
+    final.settings["cross_validation"] = {  # what the shipped labeller's card says of itself
+        name: {k: result[name][k] for k in ("accuracy", "kappa")}
+        for name in ("learned_whole_trace", "learned_one_chunk", "rule_labeller", "majority")}
     final.save(WEIGHTS, VOCABULARY)
     shipped = LabellerWeights.load()
     result["shipped"] = {"features": len(shipped.vocabulary), "weights_bytes": WEIGHTS.stat().st_size,

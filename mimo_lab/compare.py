@@ -336,9 +336,11 @@ def model_diff(lab_a, lab_b, trace: Trace, *, kind: str = "sentence", chunk_size
         logprobs, hidden = [], []
         for lab, cache, name in zip(labs, caches, names, strict=True):
             captured: list[torch.Tensor] = []
-            hooks = [layer.register_forward_hook(
-                lambda _m, _a, out, keep=captured: keep.append((out[0] if isinstance(out, tuple) else out)[0].float().cpu()))
-                for layer in lab.model.model.layers] if residuals else []
+
+            def keep(_module, _args, out, into=captured):
+                into.append((out[0] if isinstance(out, tuple) else out)[0].float().cpu())
+
+            hooks = [layer.register_forward_hook(keep) for layer in lab.model.model.layers] if residuals else []
             try:
                 piece = full[begin:stop].to(lab.model.device)[None]
                 logits = lab.model(input_ids=piece, use_cache=True, **{name: cache}).logits[0].float().cpu()

@@ -211,6 +211,7 @@ def fit(traces: Sequence[tuple[Sequence[str], Sequence[str], str]], *, l2: float
 def cohen_kappa(truth: Sequence[str], predicted: Sequence[str]) -> float:
     """Cohen's kappa, (p_o - p_e) / (1 - p_e): observed agreement against the agreement expected from the two
     label shares alone (Cohen 1960)."""
+    truth, predicted = list(truth), list(predicted)
     if len(truth) != len(predicted) or not truth:
         raise ValueError(f"cohen_kappa: {len(truth)} and {len(predicted)} labels: two equal, non-empty lists")
     n = len(truth)
@@ -349,5 +350,5 @@ class LLMJudgeLabeller:
         return self.label_chunks([s.stripped for s in trace.segments(kind)], trace.prompt_display)
 
 
-__all__ = ["DEFINITIONS", "cohen_kappa", "JUDGE_INSTRUCTIONS", "LLMJudgeLabeller", "LabellerWeights", "LearnedLabeller", "features",
-           "fit", "judge_prompt", "parse_tag", "trace_features", "viterbi"]
+__all__ = ["DEFINITIONS", "JUDGE_INSTRUCTIONS", "LLMJudgeLabeller", "LabellerWeights", "LearnedLabeller", "cohen_kappa",
+           "features", "fit", "judge_prompt", "parse_tag", "trace_features", "viterbi"]

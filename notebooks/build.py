@@ -319,7 +319,8 @@ comparison.plot()
 A tour in a dozen cells: load a model, generate a reasoning trace and look at it token by token, one attention
 view, a small benchmark with its failures, and the playground. The deeper notebooks:
 [01 reasoning traces](01_reasoning_traces.ipynb) · [02 attention and probing](02_attention_patterns.ipynb) ·
-[03 benchmark failures](03_benchmark_failures.ipynb) · [04 playground](04_playground.ipynb).
+[03 benchmark failures](03_benchmark_failures.ipynb) · [04 playground](04_playground.ipynb) ·
+[05 traces from anywhere](05_thought_anchors.ipynb).
 
 {PARAMS_NOTE}
 """),
@@ -393,6 +394,143 @@ viewer
 again = playground.run(PROMPT, seed=1, temperature=1.0)
 playground.compare()
 print(len(playground.history), "runs in the history")
+"""),
+    ],
+    "05_thought_anchors.ipynb": [
+        md("""
+# 05 · Traces from anywhere: Thought Anchors' data, scored, labelled and written back
+
+[Thought Anchors](https://arxiv.org/abs/2506.19143) (Bogdan et al. 2025) cut reasoning traces of
+DeepSeek-R1-Distill models into sentence *chunks*, tagged each with a function (problem setup, plan, fact
+retrieval, computation, uncertainty management, consolidation, self-checking, final answer) by an LLM, and
+measured each chunk's importance by resampling. Twenty of their traces are in `shared/data/thought_anchors`.
+
+Here one of them is read into a `Trace`, **scored** by the loaded model (a teacher-forced pass: the model
+reads a text it did not write and reports, per token, what it would have expected), split into their chunks,
+labelled by our two labellers next to theirs, looked at with our sentence-attention view next to their
+importances, written back in their format, and read by two models at once.
+
+**Read the numbers with care on MiMo-nano.** Nano was trained on ~200-token arithmetic traces and knows no
+English prose or competition mathematics; an R1 trace is thousands of nano tokens. What this notebook shows on
+nano is the machinery. Set `MODEL = "XiaomiMiMo/MiMo-7B-RL"` on a GPU for numbers that mean something (and
+`BASE = "XiaomiMiMo/MiMo-7B-Base"` for the base-vs-RL comparison at the end).
+"""),
+        code("""
+MODEL = None     # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
+BASE = None      # a second model with the same tokenizer, e.g. "XiaomiMiMo/MiMo-7B-Base" (None: an ablated copy of MODEL)
+TA_ROOT = None   # the folder of Thought Anchors problem folders (None: shared/data/thought_anchors beside the project)
+TRACE = "deepseek-r1-distill-llama-8b__incorrect_base_solution__problem_2189"   # the shortest of the twenty
+LAYER = -1       # the layer whose attention is compared with their importances
+""", tags=["parameters"]),
+        code("""
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+
+import mimo_lab
+from mimo_lab import thought_anchors as ta
+from mimo_lab.labellers import LearnedLabeller, cohen_kappa
+from mimo_lab.segment import RuleLabeller
+
+root = Path(TA_ROOT) if TA_ROOT else Path(mimo_lab.__file__).resolve().parents[2] / "shared" / "data" / "thought_anchors"
+assert (root / TRACE).is_dir(), f"no Thought Anchors folder {root / TRACE}: set TA_ROOT to the folder holding their problem folders"
+lab = mimo_lab.load(MODEL)
+text_only = ta.read(root / TRACE)            # no model: the text, its chunks, tags and importances
+trace = ta.read(root / TRACE, lab)           # the same, scored by the model
+print(text_only)
+print(trace)
+print(trace.meta["scored"]["tokens"], "·", len(trace), "tokens of", lab.name, "for", len(trace.text), "characters")
+ta.chunks(trace).head()
+"""),
+        md("""
+## What scoring a foreign trace means
+`lab.score` (here through `ta.read(folder, lab)`) gives the text every per-token number `generate` records:
+the log-prob of each token under the model, the entropy of the distribution the model would have sampled it
+from (at the card's recommended settings, recorded in `trace.sampling`), the model's top alternatives. It
+does not make the text the model's own: compare how surprised the model is by this trace and by one it wrote.
+"""),
+        code("""
+own = lab.generate("What is 4587 + 2698?", seed=0, preset="recommended")
+mine = lab.score(own)                        # a self-generated trace scored: the same numbers generate recorded
+print(f"{lab.name} on its own trace: mean log-prob {float(mine.logprobs.mean()):.3f} nats/token, "
+      f"on the R1 trace: {float(trace.logprobs.mean()):.3f}")
+print("scored == generated:", bool((mine.logprobs - own.logprobs).abs().max() < 1e-4))
+trace.plot(kind="thought_anchors")
+"""),
+        md("""
+## Their chunks, three label sets
+`trace.segments("thought_anchors")` cuts the text exactly as their splitter does (all 2,338 chunks of the
+twenty traces are reproduced). Their LLM's tags, our learned labeller's (trained on these twenty traces, so
+on this one it is optimistic: its honest figure is the cross-validated one, printed below) and the rule
+labeller's, side by side.
+"""),
+        code("""
+import json
+chunks = ta.chunks(trace)
+learned = LearnedLabeller()
+side = pd.DataFrame({"chunk": chunks["chunk"].str.slice(0, 70), "theirs": chunks["tag"],
+                     "learned": learned.label_trace(trace),
+                     "rules": trace.segments("thought_anchors", labeller=RuleLabeller()).labels})
+print("kappa cross-validated over problems (never seen):",
+      {name: figures["kappa"] for name, figures in learned.model.settings["cross_validation"].items()})
+print(f"on this trace: kappa learned {cohen_kappa(side.theirs, side.learned):.2f}, rules {cohen_kappa(side.theirs, side.rules):.2f}")
+side.head(20)
+"""),
+        md("""
+## Our sentence attention next to their importances
+Thought Anchors' *receiver* view: the attention each chunk receives from chunks at least 4 later
+(`vertical_scores`, mean over the layer's heads), next to their counterfactual importance (how much
+resampling from the chunk changes the answer distribution). On MiMo-nano the attention pattern over an R1
+trace reflects nothing of its reasoning, so no correlation is expected; on MiMo-7B this is the comparison the
+paper makes (receiver heads attend to the chunks that matter).
+"""),
+        code("""
+att = lab.attention(trace, LAYER)
+sentence_att = att.by_sentence(kind="thought_anchors")
+chunks["received_attention"] = sentence_att.vertical_scores(proximity=4).nanmean(0).numpy()
+rho = chunks[["received_attention", "counterfactual_importance_kl"]].corr(method="spearman").iloc[0, 1]
+print(f"Spearman correlation over {chunks.received_attention.notna().sum()} chunks: {rho:.2f}")
+px.scatter(chunks, x="counterfactual_importance_kl", y="received_attention", color="tag", hover_data=["chunk_idx"],
+           title=f"{lab.name}, layer {LAYER % lab.num_layers}: attention received vs their importance")
+"""),
+        md("""
+## Written back in their format
+`ta.write` writes a problem folder (`problem.json`, `base_solution.json`, `chunks_labeled.json`) that their
+website and scripts read: here with our learned labeller's tags and the attention each chunk receives as an
+extra field. A folder read and written back unchanged holds the same JSON (tested on all twenty).
+"""),
+        code("""
+import tempfile
+out = ta.write(trace, Path(tempfile.mkdtemp()) / TRACE, labeller=learned.for_trace(trace),
+               values={"received_attention": chunks["received_attention"].fillna(0).tolist()})
+records = json.loads((out / "chunks_labeled.json").read_text())
+print(sorted(p.name for p in out.iterdir()))
+records[3]
+"""),
+        md("""
+## Two models on one trace
+`compare.model_diff(lab_a, lab_b, trace)`: per-token log-probs under each, KL both ways, the tokens where they
+disagree most, per-chunk aggregates and per-layer residual differences. Its use case is MiMo-7B-Base reading
+MiMo-7B-RL's trace (where did RL change what the model expects?). With `BASE = None` the second model is the
+loaded one with layer 1's MLP switched off, a stand-in that shows what the result holds.
+"""),
+        code("""
+import copy
+import torch
+from mimo_lab.compare import model_diff
+
+if BASE is None:
+    ablated = copy.deepcopy(lab.model)
+    torch.nn.init.zeros_(ablated.model.layers[1].mlp.down_proj.weight)
+    other = mimo_lab.Lab(ablated, lab.tokenizer, lab.card, lab.name + " (layer 1 MLP off)")
+else:
+    other = mimo_lab.load(BASE)
+diff = model_diff(other, lab, own)           # a = the other model, b = the one that wrote the trace
+print(diff)
+display(diff.disagreements(5)[["position", "token", "logprob_a", "logprob_b", "kl_ab", "context"]])
+display(diff.by_layer())
+diff.plot()
 """),
     ],
 }

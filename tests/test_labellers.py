@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 from mimo_lab import thought_anchors as ta
-from mimo_lab.labellers import (DEFINITIONS, VOCABULARY, WEIGHTS, LearnedLabeller, LLMJudgeLabeller, cohen_kappa,
-                                fit, judge_prompt, parse_tag)
+from mimo_lab.labellers import (
+    DEFINITIONS,
+    VOCABULARY,
+    WEIGHTS,
+    LearnedLabeller,
+    LLMJudgeLabeller,
+    cohen_kappa,
+    fit,
+    judge_prompt,
+    parse_tag,
+)
 from mimo_lab.segment import LABELS, RuleLabeller
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "thought_anchors"

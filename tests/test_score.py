@@ -59,7 +59,8 @@ def test_prompt_and_completion_against_a_plain_forward_pass(nano, sampled):
     # the default settings are the card's recommended sampling, recorded as such
     recommended = nano.card.recommended_sampling
     assert scored.sampling["source"] == "recommended"
-    assert scored.sampling["temperature"] == recommended["temperature"] and scored.sampling["top_p"] == recommended["top_p"]
+    assert (scored.sampling["temperature"], scored.sampling["top_p"]) == (recommended["temperature"],
+                                                                        recommended["top_p"])
     full = torch.cat([scored.prompt_ids, scored.token_ids])[None]
     with torch.no_grad():
         logits = nano.model(input_ids=full).logits[0].float()
@@ -83,7 +84,8 @@ def test_prompt_and_completion_against_a_plain_forward_pass(nano, sampled):
 def test_a_foreign_trace_is_read_again_from_its_text(nano, sampled, mimo_checkpoint):
     tiny = mimo_lab.load(str(mimo_checkpoint))
     foreign = tiny.score(sampled)  # nano's trace read by another model with another tokenizer
-    assert foreign.meta["scored"]["tokens"] == "tokenized here" and foreign.meta["scored"]["source_model"] == "MiMo-nano"
+    assert foreign.meta["scored"]["tokens"] == "tokenized here"
+    assert foreign.meta["scored"]["source_model"] == "MiMo-nano"
     assert foreign.text == sampled.text and foreign.tokenizer_fingerprint != sampled.tokenizer_fingerprint
     assert foreign.model_name == tiny.name and len(foreign) != len(sampled)
     # and its result is a Trace every probe takes

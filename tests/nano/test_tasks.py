@@ -300,9 +300,9 @@ def test_v2_choice_points_are_located():
                                                                                           example.decisions)
             elif kind == "check":
                 assert text[offset - 1] == "\n" and text[offset:].startswith(openings)
-            else:  # the site: the step has ended in "." (or, in a letter list, its item) and the next token is the fork
-                assert (text[offset - 1] == "." or text[offset - 3:offset] == ". "
-                        or (example.problem.family == "letter_count" and re.search(r"[a-z]( \(?\d+\)?)?$", text[:offset])))
+            else:  # the site: the step has ended in "." (in a letter list: its item) and the next token is the fork
+                in_list = example.problem.family == "letter_count" and re.search(r"[a-z]( \(?\d+\)?)?$", text[:offset])
+                assert text[offset - 1] == "." or text[offset - 3:offset] == ". " or in_list
                 assert text[offset:].startswith(" Wait,") == (example.noticed or example.false_alarm)
         # found again from the text alone (as in a sampled trace), the slip site without "Wait" aside
         found = tasks.choice_points(text)
