@@ -120,6 +120,10 @@ def test_a_list_scores_each(nano, sampled):
     (lambda lab, t: lab.score(t, beams=2), "unknown sampling"),
     (lambda lab, t: lab.score(PROMPT, "x" * 40000), "reads at most"),
 ])
-def test_bad_input_is_refused_before_any_work(nano, sampled, call, message):
+def test_bad_input_is_refused_before_any_work(nano, sampled, call, message, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model ran before the input was checked")
+
+    monkeypatch.setattr(nano.model, "forward", refuse)
     with pytest.raises((ValueError, TypeError), match=message):
         call(nano, sampled)
