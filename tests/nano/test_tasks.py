@@ -275,7 +275,7 @@ def test_v2_slip_false_alarm_and_cut_short_rates():
     examples = tasks.sample_examples(3000, seed=4, style="v2")
     n = len(examples)
     slipped = [e for e in examples if e.slipped]
-    assert 0.2 < len(slipped) / n < 0.35
+    assert 0.15 < len(slipped) / n < 0.3
     unnoticed = sum(not e.noticed for e in slipped) / len(slipped)
     assert 0.18 < unnoticed < 0.32
     assert 0.08 < sum(e.false_alarm for e in examples) / n < 0.25
@@ -300,9 +300,8 @@ def test_v2_choice_points_are_located():
                                                                                           example.decisions)
             elif kind == "check":
                 assert text[offset - 1] == "\n" and text[offset:].startswith(openings)
-            else:  # the site: the step has ended in "." (in a letter list: its item) and the next token is the fork
-                in_list = example.problem.family == "letter_count" and re.search(r"[a-z]( \(?\d+\)?)?$", text[:offset])
-                assert text[offset - 1] == "." or text[offset - 3:offset] == ". " or in_list
+            else:  # the site: the step has ended in "." and the next token is the fork
+                assert text[offset - 1] == "." or text[offset - 3:offset] == ". "
                 assert text[offset:].startswith(" Wait,") == (example.noticed or example.false_alarm)
         # found again from the text alone (as in a sampled trace), the slip site without "Wait" aside
         found = tasks.choice_points(text)
