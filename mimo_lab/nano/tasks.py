@@ -525,7 +525,11 @@ V2_STRATEGIES = {
     "letter_count": ("spell", "tally"),
     "sorting": ("selection", "insertion"),
 }
-V2_STRATEGY_SHARE = 0.5  # the first strategy's share (the second gets the rest)
+V2_STRATEGY_SHARE = 0.5  # the first strategy's share (the second gets the rest), unless V2_STRATEGY_SHARES says
+# A family's own share of its first strategy: `ax + b = c` leans to dividing (the times table walks up to 12
+# steps at level 3 and loses its target: retrain v2g, greedy on the times table, 82% at level 3); at T 0.6
+# a 60/40 design samples about 66/34, so the second strategy stays a real choice.
+V2_STRATEGY_SHARES = {family: V2_STRATEGY_SHARE for family in V2_STRATEGIES} | {"linear_equation": 0.6}
 V2_PLAN_RATE = 0.4  # a plan sentence after the strategy sentence
 V2_SLIP_RATE = 0.25  # at the slip site: a wrong value (a number: one step off either way, so each ~12%)
 V2_NOTICE_RATE = 0.75  # a slip followed by "Wait, ..." and its correction (else it goes on, wrong)
@@ -556,7 +560,8 @@ def v2_design_markdown() -> str:
     """The v2 trace design as Markdown (the model card's "How it thinks"): strategies, phrasings, rates."""
     rows = ["| task | strategy (opening words) | how | share |", "|---|---|---|---|"]
     for family, (first, second) in V2_STRATEGIES.items():
-        for name, share in ((first, V2_STRATEGY_SHARE), (second, 1 - V2_STRATEGY_SHARE)):
+        share_first = V2_STRATEGY_SHARES[family]
+        for name, share in ((first, share_first), (second, 1 - share_first)):
             rows.append(f"| {family} | {name} (\"{V2_OPENINGS[name]}\") | {_V2_DESCRIPTIONS[name]} | {share:.0%} |")
     checks = "; ".join(f"\"{c.format('...')}\"" for c in V2_CHECKS)
     return "\n".join([
@@ -1039,13 +1044,13 @@ def _cut_guess(family: str, ops: tuple, thinking: str) -> str:
 
 
 def make_example_v2(problem: Problem, rng: random.Random) -> Example:
-    """A v2 target trace: a strategy sentence (V2_STRATEGIES, V2_STRATEGY_SHARE), an optional plan
+    """A v2 target trace: a strategy sentence (V2_STRATEGIES, V2_STRATEGY_SHARES), an optional plan
     (V2_PLAN_RATE), the strategy's steps with one slip site (V2_SLIP_RATE, V2_NOTICE_RATE,
     V2_FALSE_ALARM_RATE), the result, a check in one of V2_CHECKS; in V2_CUT_SHORT_RATE of traces
     the thinking stops at a line boundary before the check and the answer is what was reached."""
     family, ops = problem.family, problem.operands
     first, second = V2_STRATEGIES[family]
-    strategy = first if rng.random() < V2_STRATEGY_SHARE else second
+    strategy = first if rng.random() < V2_STRATEGY_SHARES[family] else second
     plan = rng.random() < V2_PLAN_RATE
     site = _Site(rng)
     steps, result, check_text, answer = _v2_body(family, strategy, ops, site)

@@ -251,7 +251,7 @@ def test_v2_strategy_shares():
     for family in tasks.FAMILIES:
         examples = _v2(family, 2000, seed=1)
         first = sum(e.strategy == tasks.V2_STRATEGIES[family][0] for e in examples) / len(examples)
-        assert abs(first - tasks.V2_STRATEGY_SHARE) < 0.04, (family, first)
+        assert abs(first - tasks.V2_STRATEGY_SHARES[family]) < 0.04, (family, first)
 
 
 def test_every_designed_choice_is_a_fork_in_its_context():
