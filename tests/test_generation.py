@@ -104,7 +104,7 @@ def test_stream_yields_the_same_tokens_and_can_stop(lab):
         if len(seen) == 5:
             break
     assert lab.last_trace.finish_reason == "stopped"
-    assert len(lab.last_trace) <= 20  # stopped within a few steps (the generating thread may run on a little), not after 500
+    assert len(lab.last_trace) <= 20  # stopped within a few steps (the thread may run on a little), not after 500
     after = lab.generate(PROMPTS[0], seed=5, max_new_tokens=30, mtp=False)  # usable at once
     assert torch.equal(after.token_ids, full.token_ids)
 
