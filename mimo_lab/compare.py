@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import html
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,10 +298,9 @@ def model_diff(lab_a, lab_b, trace: Trace, *, kind: str = "sentence", chunk_size
     (each model keeps its own KV cache). residuals: compare layer outputs (default: when the two models
     have the same number of layers and hidden size).
     """
-    from transformers import DynamicCache
-
     from mimo_lab.checks import check_bool, check_choice, check_int
-    from mimo_lab.generation import check_trace
+    from mimo_lab.generation import check_sampling, check_trace
+    from mimo_lab.score import _check_items, _inputs, _make_trace, _Stats, chunked_logits
     from mimo_lab.segment import SEGMENT_KINDS
     from mimo_lab.trace import tokenizer_fingerprint
 
@@ -323,48 +321,51 @@ def model_diff(lab_a, lab_b, trace: Trace, *, kind: str = "sentence", chunk_size
     residuals = same if residuals is None else residuals
     lab_a._need_weights("model_diff")
     lab_b._need_weights("model_diff")
-    scored = lab_a.score(trace, chunk_size=chunk_size, mtp=False)  # the ids both read, and a's analytics
-    full = torch.cat([scored.prompt_ids, scored.token_ids])
-    n, start = int(full.numel()), scored.prompt_length
+    # the ids both read (the trace's own when lab_a's tokenizer made it), and a's analytics from the same pass
+    items, _ = _inputs(lab_a, trace, None, None, "")
+    _check_items(lab_a, items, True)
+    item = items[0]
+    full = torch.cat([item[2], item[3]])
+    n, start = int(full.numel()), int(item[2].numel())
+    settings = check_sampling(lab_a, {}, base="recommended")
+    stats = _Stats(lab_a, full, start, settings, 5)
     parts = {k: [] for k in ("logprob_a", "logprob_b", "kl_ab", "kl_ba", "rel", "cos")}
-    labs = (lab_a, lab_b)
-    caches = [DynamicCache(config=lab.model.config) for lab in labs]
-    names = ["cache" if "cache" in inspect.signature(lab.model.forward).parameters else "past_key_values"
-             for lab in labs]
-    for begin in range(0, n, chunk_size):
-        stop = min(begin + chunk_size, n)
-        logprobs, hidden = [], []
-        for lab, cache, name in zip(labs, caches, names, strict=True):
-            captured: list[torch.Tensor] = []
-
-            def keep(_module, _args, out, into=captured):
+    captured: tuple[list, list] = ([], [])
+    hooks = []
+    if residuals:
+        for lab, into in zip((lab_a, lab_b), captured, strict=True):
+            def keep(_module, _args, out, into=into):
                 into.append((out[0] if isinstance(out, tuple) else out)[0].float().cpu())
 
-            hooks = [layer.register_forward_hook(keep) for layer in lab.model.model.layers] if residuals else []
-            try:
-                piece = full[begin:stop].to(lab.model.device)[None]
-                logits = lab.model(input_ids=piece, use_cache=True, **{name: cache}).logits[0].float().cpu()
-            finally:
-                for hook in hooks:
-                    hook.remove()
-            logprobs.append(logits.log_softmax(-1))
-            hidden.append(torch.stack(captured, dim=1) if residuals else None)  # [chunk, layers, hidden]
-        # distributions for generated tokens: rows at positions start-1 .. n-2
-        first, last = max(begin, start - 1), min(stop, n - 1)
-        if first < last:
-            rows = slice(first - begin, last - begin)
-            la, lb = logprobs[0][rows], logprobs[1][rows]
-            targets = full[first + 1: last + 1]
-            parts["logprob_a"].append(la.gather(-1, targets[:, None])[:, 0])
-            parts["logprob_b"].append(lb.gather(-1, targets[:, None])[:, 0])
-            parts["kl_ab"].append((la.exp() * (la - lb)).sum(-1).clamp(min=0))
-            parts["kl_ba"].append((lb.exp() * (lb - la)).sum(-1).clamp(min=0))
-        # residuals at the generated tokens' own positions: start .. n-1
-        lo = max(begin, start)
-        if residuals and lo < stop:
-            ha, hb = hidden[0][lo - begin:], hidden[1][lo - begin:]
-            parts["rel"].append((ha - hb).norm(dim=-1) / ha.norm(dim=-1).clamp(min=1e-12))
-            parts["cos"].append(torch.nn.functional.cosine_similarity(ha, hb, dim=-1))
+            hooks += [layer.register_forward_hook(keep) for layer in lab.model.model.layers]
+    try:
+        for (begin, stop, logits_a), (_, _, logits_b) in zip(chunked_logits(lab_a.model, full, chunk_size),
+                                                             chunked_logits(lab_b.model, full, chunk_size),
+                                                             strict=True):
+            stats.add(begin, stop, logits_a)
+            la_all, lb_all = logits_a.float().cpu().log_softmax(-1), logits_b.float().cpu().log_softmax(-1)
+            # distributions for generated tokens: rows at positions start-1 .. n-2
+            first, last = max(begin, start - 1), min(stop, n - 1)
+            if first < last:
+                la, lb = la_all[first - begin:last - begin], lb_all[first - begin:last - begin]
+                targets = full[first + 1: last + 1]
+                parts["logprob_a"].append(la.gather(-1, targets[:, None])[:, 0])
+                parts["logprob_b"].append(lb.gather(-1, targets[:, None])[:, 0])
+                parts["kl_ab"].append((la.exp() * (la - lb)).sum(-1).clamp(min=0))
+                parts["kl_ba"].append((lb.exp() * (lb - la)).sum(-1).clamp(min=0))
+            # residuals at the generated tokens' own positions: start .. n-1 ([chunk, layers, hidden] per model)
+            lo = max(begin, start)
+            if residuals:
+                ha, hb = (torch.stack(c, dim=1)[lo - begin:] for c in captured)
+                for c in captured:
+                    c.clear()
+                if lo < stop:
+                    parts["rel"].append((ha - hb).norm(dim=-1) / ha.norm(dim=-1).clamp(min=1e-12))
+                    parts["cos"].append(torch.nn.functional.cosine_similarity(ha, hb, dim=-1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    scored = _make_trace(lab_a, item, stats.result(), settings, False)
     cat = {k: torch.cat(v) if v else None for k, v in parts.items()}
     return ModelDiff(scored, lab_a.name, lab_b.name, cat["logprob_a"], cat["logprob_b"], cat["kl_ab"], cat["kl_ba"],
                      cat["rel"], cat["cos"], kind)

@@ -11,6 +11,7 @@ score that greedy decoding then takes. Nothing vocabulary-sized is kept beyond o
 from __future__ import annotations
 
 import codecs
+import inspect
 import math
 import queue
 import random
@@ -176,6 +177,21 @@ class StreamToken:
     alternatives: list[tuple[str, float]]
 
 
+def sampling_warpers(sampling: Sampling) -> list:
+    """The logits warpers a sampled token is drawn through, in order (temperature, top-k, top-p); none for greedy."""
+    if sampling.greedy:
+        return []
+    return [TemperatureLogitsWarper(sampling.temperature),
+            *([TopKLogitsWarper(sampling.top_k)] if sampling.top_k else []),
+            *([TopPLogitsWarper(sampling.top_p)] if sampling.top_p < 1 else [])]
+
+
+def cache_argument(model, cache) -> dict:
+    """The keyword that hands `model.forward` a KV cache: transformers renamed it (`past_key_values` up to
+    5.19, `cache` from 5.20)."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
 class AnalyticsSampler(LogitsProcessor):
     """Records per-token analytics from raw logits and picks the next token itself (see module doc).
 
@@ -191,11 +207,7 @@ class AnalyticsSampler(LogitsProcessor):
         self.on_step = on_step
         self.step = 0
         self.uniforms: torch.Tensor | None = None
-        self.warpers = [] if sampling.greedy else [
-            TemperatureLogitsWarper(sampling.temperature),
-            *([TopKLogitsWarper(sampling.top_k)] if sampling.top_k else []),
-            *([TopPLogitsWarper(sampling.top_p)] if sampling.top_p < 1 else []),
-        ]
+        self.warpers = sampling_warpers(sampling)
         self.records: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("token", "logprob", "entropy", "model_entropy", "top_ids", "top_logprobs")}
 

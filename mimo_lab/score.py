@@ -16,35 +16,28 @@ has no seed and cannot be regenerated; `meta["scored"]` says what was scored and
 
 from __future__ import annotations
 
-import inspect
 import math
+from collections.abc import Iterator
 
 import torch
-from transformers import DynamicCache, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache
 
-from mimo_lab.checks import check_int, check_str, show
+from mimo_lab.checks import check_choice, check_int, check_str, show
 from mimo_lab.generation import (
     Sampling,
     TokenDecoder,
     _add_special_tokens,
     _copy_prompt,
     _with_mtp,
+    cache_argument,
     check_prompt,
     check_sampling,
     eos_token_ids,
     format_prompt,
     mtp_analytics,
+    sampling_warpers,
 )
 from mimo_lab.trace import Trace, tokenizer_fingerprint
-
-
-def _warpers(settings: Sampling) -> list:
-    """The warpers `generate`'s sampler applies, in its order (none for greedy decoding)."""
-    if settings.greedy:
-        return []
-    return [TemperatureLogitsWarper(settings.temperature),
-            *([TopKLogitsWarper(settings.top_k)] if settings.top_k else []),
-            *([TopPLogitsWarper(settings.top_p)] if settings.top_p < 1 else [])]
 
 
 def _inputs(lab, prompt_or_traces, completion, system, suffix) -> tuple[list[tuple], bool]:
@@ -94,72 +87,88 @@ def _inputs(lab, prompt_or_traces, completion, system, suffix) -> tuple[list[tup
     return out, single
 
 
-@torch.inference_mode()
-def _analytics(lab, prompt_ids: torch.Tensor, token_ids: torch.Tensor, settings: Sampling, k: int,
-               chunk_size: int) -> dict[str, torch.Tensor]:
-    """Per completion token: logprob, entropy (at `settings`), model entropy, top-k; and the end-of-turn
-    log-prob after the last token. One pass in chunks with a KV cache."""
-    model = lab.model
-    full = torch.cat([prompt_ids, token_ids])
-    n, start = int(full.numel()), int(prompt_ids.numel())
-    warpers = _warpers(settings)
-    eos = eos_token_ids(model, lab.tokenizer)
-    k = min(k, model.config.vocab_size)
-    rows = {name: [] for name in ("logprob", "entropy", "model_entropy", "top_ids", "top_logprobs")}
-    end_logprob = math.nan
+def chunked_logits(model, ids: torch.Tensor, chunk_size: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Run `model` over ids [n] in chunks with one KV cache (the same logits as one pass); yield
+    (begin, stop, logits [stop - begin, vocab]) per chunk."""
     cache = DynamicCache(config=model.config)
-    # transformers renamed forward's cache argument (past_key_values up to 5.19, cache from 5.20)
-    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    ids = full.to(model.device)[None]
-    for begin in range(0, n, chunk_size):
-        stop = min(begin + chunk_size, n)
-        logits = model(input_ids=ids[:, begin:stop], use_cache=True, **{cache_name: cache}).logits[0]
+    ids = ids.to(model.device)[None]
+    for begin in range(0, ids.shape[1], chunk_size):
+        stop = min(begin + chunk_size, ids.shape[1])
+        yield begin, stop, model(input_ids=ids[:, begin:stop], use_cache=True, **cache_argument(model, cache)).logits[0]
+
+
+class _Stats:
+    """Per completion token, from the logits chunks of one pass over prompt + completion: logprob, entropy (at
+    `settings`), model entropy, top-k; and the end-of-turn log-prob after the last token."""
+
+    def __init__(self, lab, full: torch.Tensor, start: int, settings: Sampling, k: int):
+        self.full, self.start, self.n = full, start, int(full.numel())
+        self.warpers = sampling_warpers(settings)
+        self.eos = eos_token_ids(lab.model, lab.tokenizer)
+        self.k = min(k, lab.model.config.vocab_size)
+        self.rows = {name: [] for name in ("logprob", "entropy", "model_entropy", "top_ids", "top_logprobs")}
+        self.end_logprob = math.nan
+
+    def add(self, begin: int, stop: int, logits: torch.Tensor) -> None:
         # row j (position begin + j) predicts the token at begin + j + 1; keep the rows that predict a
         # completion token, and the last row (what follows the text)
-        first = max(begin, start - 1)
+        first = max(begin, self.start - 1)
         if first >= stop:
-            continue
+            return
         scores = logits[first - begin:].float()
         logprobs = scores.log_softmax(-1)
-        if stop == n:
-            end_logprob = float(torch.logsumexp(logprobs[-1, eos], -1)) if eos else math.nan
+        if stop == self.n:
+            self.end_logprob = float(torch.logsumexp(logprobs[-1, self.eos], -1)) if self.eos else math.nan
             scores, logprobs = scores[:-1], logprobs[:-1]
         if not len(scores):
-            continue
-        targets = full[first + 1: first + 1 + len(scores)].to(logprobs.device)
-        top = logprobs.topk(k, dim=-1)
+            return
+        targets = self.full[first + 1: first + 1 + len(scores)].to(logprobs.device)
+        top = logprobs.topk(self.k, dim=-1)
         model_entropy = torch.special.entr(logprobs.exp()).sum(-1)
-        if warpers:
+        entropy = model_entropy
+        if self.warpers:
             warped = scores
-            for warper in warpers:
+            for warper in self.warpers:
                 warped = warper(None, warped)
             entropy = torch.special.entr(warped.softmax(-1)).sum(-1)
-        else:
-            entropy = model_entropy
-        rows["logprob"].append(logprobs.gather(-1, targets[:, None])[:, 0].cpu())
-        rows["entropy"].append(entropy.cpu())
-        rows["model_entropy"].append(model_entropy.cpu())
-        rows["top_ids"].append(top.indices.cpu())
-        rows["top_logprobs"].append(top.values.cpu())
-    out = {name: (torch.cat(parts) if parts else torch.zeros((0, k) if name.startswith("top") else 0))
-           for name, parts in rows.items()}
-    out["top_ids"] = out["top_ids"].long()
-    out["end_logprob"] = end_logprob
-    return out
+        for name, value in (("logprob", logprobs.gather(-1, targets[:, None])[:, 0]), ("entropy", entropy),
+                            ("model_entropy", model_entropy), ("top_ids", top.indices),
+                            ("top_logprobs", top.values)):
+            self.rows[name].append(value.cpu())
+
+    def result(self) -> dict:
+        out = {name: (torch.cat(parts) if parts else torch.zeros((0, self.k) if name.startswith("top") else 0))
+               for name, parts in self.rows.items()}
+        out["top_ids"] = out["top_ids"].long()
+        out["end_logprob"] = self.end_logprob
+        return out
 
 
-def score(lab, prompt_or_traces, completion: str | None = None, *, system: str | None = None,
-          mtp: bool | None = None, chunk_size: int = 1024, top_alternatives: int = 5,
-          preset: str = "recommended", prompt_suffix: str = "", **sampling) -> Trace | list[Trace]:
-    """See `Lab.score`."""
-    from mimo_lab.checks import check_choice
+def _make_trace(lab, item: tuple, stats: dict, settings: Sampling, with_mtp: bool) -> Trace:
+    """The scored Trace of one `_inputs` item from its `_Stats` result."""
+    prompt, prompt_text, prompt_ids, ids, source, how = item
+    decoder = TokenDecoder(lab.tokenizer)
+    text, spans = decoder.decode_with_spans(ids.tolist())
+    scored = {"scorer": lab.name, "tokens": how, "end_logprob": stats["end_logprob"]}
+    if source is not None:
+        scored.update(source_model=source.model_name, source_seed=source.seed, source_sampling=source.sampling)
+    trace = Trace(
+        prompt=_copy_prompt(prompt), text=text, token_ids=ids, token_texts=[text[s:e] for s, e in spans],
+        spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2), logprobs=stats["logprob"],
+        entropies=stats["entropy"], model_entropies=stats["model_entropy"], top_ids=stats["top_ids"],
+        top_logprobs=stats["top_logprobs"],
+        top_texts=[[decoder.token_text(t) for t in row] for row in stats["top_ids"].tolist()],
+        finish_reason=source.finish_reason if source is not None else "stop", prompt_text=prompt_text,
+        prompt_ids=prompt_ids, model_name=lab.name, revision=lab.revision, sampling=settings.as_dict(),
+        seed=None, think_start=lab.card.think_start, think_end=lab.card.think_end,
+        meta={**(dict(source.meta) if source is not None else {}), "analytics": "teacher-forced", "scored": scored},
+        tokenizer_fingerprint=tokenizer_fingerprint(lab.tokenizer))
+    if with_mtp:
+        trace.mtp = mtp_analytics(lab.model, prompt_ids, ids)
+    return trace
 
-    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-    top_alternatives = check_int("top_alternatives", top_alternatives, minimum=1)
-    with_mtp = _with_mtp(lab, mtp)
-    settings = check_sampling(lab, sampling, base=check_choice("preset", preset, ("default", "recommended")))
-    prompt_suffix = check_str("prompt_suffix", prompt_suffix, empty_ok=True)
-    items, single = _inputs(lab, prompt_or_traces, completion, system, prompt_suffix)
+
+def _check_items(lab, items: list[tuple], single: bool) -> None:
     for i, (_, _, prompt_ids, ids, _, _) in enumerate(items):
         where = "" if single else f" (item {i})"
         if not ids.numel():
@@ -167,30 +176,27 @@ def score(lab, prompt_or_traces, completion: str | None = None, *, system: str |
         if prompt_ids.numel() + ids.numel() > lab.card.context_length:
             raise ValueError(f"the text{where} is {prompt_ids.numel() + ids.numel()} tokens: {lab.name!r} reads at "
                              f"most {lab.card.context_length} (card.context_length)")
+
+
+def score(lab, prompt_or_traces, completion: str | None = None, *, system: str | None = None,
+          mtp: bool | None = None, chunk_size: int = 1024, top_alternatives: int = 5,
+          preset: str = "recommended", prompt_suffix: str = "", **sampling) -> Trace | list[Trace]:
+    """See `Lab.score`."""
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    top_alternatives = check_int("top_alternatives", top_alternatives, minimum=1)
+    with_mtp = _with_mtp(lab, mtp)
+    settings = check_sampling(lab, sampling, base=check_choice("preset", preset, ("default", "recommended")))
+    prompt_suffix = check_str("prompt_suffix", prompt_suffix, empty_ok=True)
+    items, single = _inputs(lab, prompt_or_traces, completion, system, prompt_suffix)
+    _check_items(lab, items, single)
     lab._need_weights("score")
-    decoder = TokenDecoder(lab.tokenizer)
-    fingerprint = tokenizer_fingerprint(lab.tokenizer)
     traces = []
     with lab._lock:
-        for prompt, prompt_text, prompt_ids, ids, source, how in items:
-            stats = _analytics(lab, prompt_ids, ids, settings, top_alternatives, chunk_size)
-            text, spans = decoder.decode_with_spans(ids.tolist())
-            scored = {"scorer": lab.name, "tokens": how, "end_logprob": stats["end_logprob"]}
-            if source is not None:
-                scored.update(source_model=source.model_name, source_seed=source.seed, source_sampling=source.sampling)
-            trace = Trace(
-                prompt=_copy_prompt(prompt), text=text, token_ids=ids, token_texts=[text[s:e] for s, e in spans],
-                spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2), logprobs=stats["logprob"],
-                entropies=stats["entropy"], model_entropies=stats["model_entropy"], top_ids=stats["top_ids"],
-                top_logprobs=stats["top_logprobs"],
-                top_texts=[[decoder.token_text(t) for t in row] for row in stats["top_ids"].tolist()],
-                finish_reason=source.finish_reason if source is not None else "stop", prompt_text=prompt_text,
-                prompt_ids=prompt_ids, model_name=lab.name, revision=lab.revision, sampling=settings.as_dict(),
-                seed=None, think_start=lab.card.think_start, think_end=lab.card.think_end,
-                meta={**(dict(source.meta) if source is not None else {}), "analytics": "teacher-forced",
-                      "scored": scored},
-                tokenizer_fingerprint=fingerprint)
-            if with_mtp:
-                trace.mtp = mtp_analytics(lab.model, prompt_ids, ids)
-            traces.append(trace)
+        for item in items:
+            full = torch.cat([item[2], item[3]])
+            stats = _Stats(lab, full, int(item[2].numel()), settings, top_alternatives)
+            with torch.inference_mode():
+                for chunk in chunked_logits(lab.model, full, chunk_size):
+                    stats.add(*chunk)
+            traces.append(_make_trace(lab, item, stats.result(), settings, with_mtp))
     return traces[0] if single else traces
