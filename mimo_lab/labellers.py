@@ -60,6 +60,13 @@ def features(chunk: str, index: int, count: int, *, following: str = "", problem
     the share of its numbers that are new (not in the problem or before it) and that come from the problem,
     the share of its longer words found in the problem and before it, a calculation pattern, and the next
     chunk's words. Counts are damped (1 + log count)."""
+    return _features(chunk, index, count, following, set(_NUMBER.findall(problem)), set(_NUMBER.findall(before)),
+                     set(_words(problem)), set(_words(before)))
+
+
+def _features(chunk: str, index: int, count: int, following: str, given: set, seen: set, in_problem: set,
+              in_before: set) -> dict[str, float]:
+    """`features` with the problem's and the earlier text's numbers and words as sets."""
     w = _words(chunk)
     f: Counter = Counter()
     for a in w:
@@ -83,7 +90,6 @@ def features(chunk: str, index: int, count: int, *, following: str = "", problem
             f["has:" + name] += 1
     numbers = _NUMBER.findall(chunk)
     if numbers:
-        seen, given = set(_NUMBER.findall(before)), set(_NUMBER.findall(problem))
         f[f"newnum:{int(4 * sum(x not in seen and x not in given for x in numbers) / len(numbers))}"] += 1
         f[f"nnum:{min(5, len(numbers))}"] += 1
         f[f"probnum:{int(4 * sum(x in given for x in numbers) / len(numbers))}"] += 1
@@ -91,7 +97,6 @@ def features(chunk: str, index: int, count: int, *, following: str = "", problem
         f["nonum"] += 1
     long_words = [x for x in w if len(x) > 3 and x.isalpha()]
     if long_words:
-        in_problem, in_before = set(_words(problem)), set(_words(before))
         f[f"probw:{int(4 * sum(x in in_problem for x in long_words) / len(long_words))}"] += 1
         f[f"seenw:{int(4 * sum(x in in_before for x in long_words) / len(long_words))}"] += 1
     if _CALC.search(chunk):
@@ -105,12 +110,15 @@ def features(chunk: str, index: int, count: int, *, following: str = "", problem
 
 
 def trace_features(chunks: Sequence[str], problem: str = "") -> list[dict[str, float]]:
-    """`features` for every chunk of one trace, with its context (the next chunk, the text before it)."""
-    out, before = [], []
+    """`features` for every chunk of one trace, with its context (the next chunk, the text before it); the
+    earlier text's numbers and words are kept as running sets, not re-read for every chunk."""
+    given, in_problem = set(_NUMBER.findall(problem)), set(_words(problem))
+    seen, in_before, out = set(), set(), []
     for i, chunk in enumerate(chunks):
-        out.append(features(chunk, i, len(chunks), following=chunks[i + 1] if i + 1 < len(chunks) else "",
-                            problem=problem, before=" ".join(before)))
-        before.append(chunk)
+        out.append(_features(chunk, i, len(chunks), chunks[i + 1] if i + 1 < len(chunks) else "", given, seen,
+                             in_problem, in_before))
+        seen |= set(_NUMBER.findall(chunk))
+        in_before |= set(_words(chunk))
     return out
 
 
