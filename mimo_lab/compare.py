@@ -299,11 +299,13 @@ def model_diff(lab_a, lab_b, trace: Trace, *, kind: str = "sentence", chunk_size
     have the same number of layers and hidden size).
     """
     from mimo_lab.checks import check_bool, check_choice, check_int
-    from mimo_lab.generation import check_sampling, check_trace
+    from mimo_lab.generation import check_lab, check_sampling, check_trace
     from mimo_lab.score import _check_items, _inputs, _make_trace, _Stats, chunked_logits
     from mimo_lab.segment import SEGMENT_KINDS
     from mimo_lab.trace import tokenizer_fingerprint
 
+    check_lab(lab_a, "lab_a")
+    check_lab(lab_b, "lab_b")
     check_trace(trace)
     kind = check_choice("kind", kind, SEGMENT_KINDS)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)

@@ -547,6 +547,15 @@ def check_trace(trace, name: str = "trace") -> Trace:
     return trace
 
 
+def check_lab(lab, name: str = "lab"):
+    """A Lab (from mimo_lab.load); TypeError naming the argument otherwise."""
+    from mimo_lab.lab import Lab  # local: lab imports generation
+
+    if not isinstance(lab, Lab):
+        raise TypeError(f"{name}={show(lab)} ({type(lab).__name__}) is not accepted: a Lab (from mimo_lab.load) is")
+    return lab
+
+
 def format_prompt(lab, prompt, system: str | None = None) -> str:
     """The text the model sees: the chat template applied, the assistant turn opened."""
     prompt = check_prompt(prompt)

@@ -59,6 +59,10 @@ def read(folder: str | Path, lab=None, *, chunk_size: int = 1024) -> Trace:
     The prompt is the folder's user turn; the solution starts inside the thinking (their template opened
     `<think>`), so when scoring, the lab's opening think tag goes at the end of the prompt it reads.
     """
+    from mimo_lab.generation import check_lab
+
+    if lab is not None:
+        check_lab(lab)
     folder = check_path("folder", folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder={str(folder)!r} is not a folder: a Thought Anchors problem folder "

@@ -98,6 +98,8 @@ def test_pairs_with_different_tokenizers_are_refused(nano, trace, mimo_checkpoin
 
 
 def test_bad_arguments(nano, perturbed, trace):
+    with pytest.raises(TypeError, match="lab_b='MiMo-nano'.*a Lab"):
+        model_diff(nano, "MiMo-nano", trace)
     with pytest.raises(TypeError, match="trace="):
         model_diff(nano, perturbed, "text")
     with pytest.raises(ValueError, match="kind="):

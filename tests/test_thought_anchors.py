@@ -85,6 +85,8 @@ def test_our_own_analyses_written_in_their_schema_and_read_back(nano, tmp_path):
 def test_bad_folders_and_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         ta.read(tmp_path / "nowhere")
+    with pytest.raises(TypeError, match="lab=.*a Lab"):
+        ta.read(FOLDERS[0], "MiMo-nano")
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "problem.json").write_text("{}")
