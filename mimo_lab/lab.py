@@ -373,6 +373,47 @@ class Lab:
         return suppression_matrix(self, trace, kind, kl=kl, temperature=temperature, top_p=top_p,
                                   max_tokens=max_tokens)
 
+    # ------------------------------------------------------------------ resampling
+    def sentence_importance(self, trace: Trace, *, samples: int = 32, reference=None, **options):
+        """Which sentence mattered: Thought Anchors' black-box measures (Bogdan et al. 2025) by resampling.
+
+        For every reasoning sentence i, `samples` rollouts from just before it (sentence i and all after it
+        regenerated) and, forced, the answer sampled right there (`forced=True`); the rollouts of sentence
+        i+1 are "sentence i kept". Returns `SentenceImportance`: resampling / counterfactual / forced
+        importance (accuracy and KL), different_trajectories_fraction, overdeterminedness, as defined in
+        `mimo_lab.resampling.measures`; `.to_frame()`, `.plot()`, `.dependencies()`, `.to_thought_anchors()`.
+
+        reference: the right answer (a string or a BenchProblem); default: the benchmark problem a
+            `bench.run` trace records. options (`mimo_lab.resampling.sentence_importance`): seed, kind
+            ("sentence" or "thought_anchors" chunks), sentences (a subset), forced, forced_samples,
+            forced_answer (default: the card's), forced_tokens, similarity ("words", "minilm" or a callable),
+            threshold (0.8), kl_alpha, adaptive (stop a set once its accuracy's 95% interval is this narrow),
+            max_new_tokens (default: the trace's remaining budget), backend ("transformers" or "vllm"),
+            batch_size, out (a folder: resumable), progress, and sampling settings (default: the card's
+            recommended sampling).
+        """
+        from mimo_lab.resampling import sentence_importance
+
+        return sentence_importance(self, trace, samples=samples, reference=reference, **options)
+
+    def answer_convergence(self, trace: Trace, *, samples: int = 16, every="sentence", **options):
+        """After each prefix of the thinking (every sentence, or every N tokens), force the end of thinking and
+        sample the answer `samples` times: P(final answer) and P(correct) along the trace, where it settles
+        and how many tokens came after (`AnswerConvergence`). options as `sentence_importance`'s, and
+        settle (0.9: the share of forced answers that must give the final answer from there on)."""
+        from mimo_lab.resampling import answer_convergence
+
+        return answer_convergence(self, trace, samples=samples, every=every, **options)
+
+    def resilience(self, trace: Trace, *, samples: int = 8, rounds: int = 3, **options):
+        """Thought Branches' resilience: remove sentence i (resample from before it), and while a sentence
+        like it comes back, resample from there again, up to `rounds` times (`Resilience`). options:
+        sentences, reference, similarity, threshold, seed, kind, max_new_tokens, backend, batch_size, out,
+        progress, sampling settings."""
+        from mimo_lab.resampling import resilience
+
+        return resilience(self, trace, samples=samples, rounds=rounds, **options)
+
     # ------------------------------------------------------------------ benchmarks
     def bench(self, suite, *, samples: int = 1, out=None, **options):
         """Generate, grade and classify `samples` samples per problem of `suite`; returns a resumable `Run`

@@ -307,7 +307,9 @@ def kl_divergence(first: list[dict], second: list[dict], alpha: float = 1e-9) ->
     either, p = (c1 + alpha) / (n1 + alpha V), q = (c2 + alpha) / (n2 + alpha V), and
     `kl_div += p_unsmoothed * math.log(p / q)` over the answers either set gave (p_unsmoothed = c1 / n1),
     clipped at 0 (`max(0.0, kl_div)`); 0.0 when either set has no answer. Natural log; KL(first || second).
-    alpha: 1e-9 is `ImportanceArgs`' default (a fresh labelling run); their recompute path passes 1.0."""
+    alpha: 1e-9 is `ImportanceArgs`' default (a fresh labelling run; their recompute path passes 1.0). The
+    published chunks_labeled.json files (../shared/data/thought_anchors) reach 24-26 nats, which only
+    alpha = 1e-9 gives (an answer one set never gave costs about ln(1e9) = 20.7)."""
     c1, c2 = Counter(r["norm"] for r in first if r["norm"]), Counter(r["norm"] for r in second if r["norm"])
     if not c1 or not c2:
         return 0.0
@@ -410,7 +412,7 @@ class Store:
         self.folder = folder
         self.rows: dict[tuple, dict] = {}
         if folder is not None and (folder / "rollouts.jsonl").exists():
-            for row in read_samples(folder / "rollouts.jsonl"):
+            for row in read_samples(folder / "rollouts.jsonl", ("kind", "position", "index")):
                 self.rows[self.key(row)] = row
 
     @staticmethod
@@ -498,11 +500,16 @@ class Session:
                          "sampling": self.sampling.as_dict(), "kind": self.kind, "max_new_tokens": self.budget,
                          "forced_answer": self.forced_answer, "forced_tokens": self.forced_tokens,
                          "backend": self.backend}
+        self.store: Store | None = None  # `start()`: after every argument is checked
+        self._engine = None
+        self.decoder = TokenDecoder(lab.tokenizer)
+
+    def start(self) -> Session:
+        """Open the run's folder (written only now, after every check) and read what it holds."""
         if self.folder is not None:
             self._open_folder()
         self.store = Store(self.folder)
-        self._engine = None
-        self.decoder = TokenDecoder(lab.tokenizer)
+        return self
 
     def _end_prefix(self) -> Prefix:
         """After the last sentence: the first token at or after the end of the thinking."""
@@ -673,6 +680,7 @@ def sentence_importance(lab, trace: Trace, *, samples: int = 32, reference=None,
                       max_new_tokens=max_new_tokens, forced_answer=forced_answer, forced_tokens=forced_tokens,
                       backend=backend, batch_size=batch_size, out=out, progress=progress)
     chosen = _check_sentences(sentences, len(session.prefixes))
+    session.start()
     needed = sorted({i for s in chosen for i in (s, s + 1)})  # sentence i needs the set after it too
     points = [session.prefixes[i] if i < len(session.prefixes) else session.end for i in needed]
     total = len(points) * (samples + (forced_samples if forced else 0))
@@ -968,3 +976,308 @@ class SentenceImportance:
                    resampled=data["resampled"], forced=data["forced"],
                    prefixes=[Prefix(**p) for p in data["prefixes"]], settings=settings,
                    similarity=data["similarity"], dependency=dep if dep.numel() else None)
+
+
+# ----------------------------------------------------------------------------- answer convergence
+
+def _points(session: Session, every) -> list[Prefix]:
+    """The prefixes answers are forced at: each sentence's start, or every N generated tokens; and the end."""
+    if every == "sentence":
+        return [*session.prefixes, session.end]
+    if isinstance(every, str):
+        raise ValueError(f"every={every!r} is not accepted: 'sentence' or a number of tokens (an int >= 1) is")
+    every = check_int("every", every, minimum=1)
+    trace, segments = session.trace, session.segments
+    first, last = session.prefixes[0].keep, session.end.keep
+    out = []
+    for keep in range(first, last, every):
+        char = int(trace.spans[keep, 0])
+        out.append(Prefix(segments.at(char), trace.prompt_length + keep, keep,
+                          trace.text[:char]))
+    return [*out, session.end]
+
+
+class AnswerConvergence:
+    """After each prefix of the thinking, the answer forced there (`samples` forced rollouts): the share that
+    give the trace's final answer (`p_final`) and the right one (`p_correct`), along the trace; where it
+    settles (from `settled_at` on, `p_final` >= `settle` at every later point) and the thinking tokens the
+    trace spent after that (`tokens_after_settling`: the early-exit question of DEER, arXiv 2504.15895)."""
+
+    def __init__(self, *, trace: Trace, points: list[Prefix], rows: dict, settings: dict):
+        self.trace, self.points, self.settings = trace, points, settings
+        self.rows = {int(k): v for k, v in rows.items()}
+
+    @property
+    def final_answer(self) -> str:
+        """The normalised answer `p_final` counts: the trace's own, else the commonest at the end of thinking."""
+        own = self.trace.final_answer
+        if own:
+            return normalize_answer(own)
+        end = Counter(r["norm"] for r in self.rows.get(self.points[-1].position, []) if r["norm"])
+        return end.most_common(1)[0][0] if end else ""
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per point: position, tokens kept, thinking tokens left, sentence, p_final, p_correct
+        (NaN without a reference), p_answered, the commonest answer and its share."""
+        final, end = self.final_answer, self.points[-1].keep
+        graded = self.settings.get("reference") is not None
+        rows = []
+        for point in self.points:
+            members = self.rows.get(point.position, [])
+            n = len(members)
+            counts = Counter(r["norm"] for r in members if r["norm"])
+            top, top_n = counts.most_common(1)[0] if counts else ("", 0)
+            rows.append({"position": point.position, "tokens": point.keep, "tokens_left": end - point.keep,
+                         "sentence": point.sentence, "samples": n,
+                         "p_final": sum(r["norm"] == final for r in members) / n if n and final else math.nan,
+                         "p_correct": sum(r["correct"] for r in members) / n if n and graded else math.nan,
+                         "p_answered": sum(bool(r["norm"]) for r in members) / n if n else math.nan,
+                         "top_answer": top, "top_share": top_n / n if n else math.nan})
+        return pd.DataFrame(rows).set_index("position")
+
+    def settled(self) -> dict:
+        """settled_at (the position), tokens_after_settling, share_after_settling (of the thinking tokens), or
+        None values when p_final never stays above `settle` to the end."""
+        frame, settle = self.to_frame(), self.settings["settle"]
+        ok = (frame["p_final"] >= settle).tolist()
+        at = None
+        for k in range(len(ok) - 1, -1, -1):
+            if not ok[k]:
+                break
+            at = k
+        if at is None:
+            return {"settled_at": None, "tokens_after_settling": None, "share_after_settling": None}
+        start, end = self.points[0].keep, self.points[-1].keep
+        after = end - self.points[at].keep
+        return {"settled_at": self.points[at].position, "tokens_after_settling": after,
+                "share_after_settling": after / (end - start) if end > start else 0.0}
+
+    def __repr__(self) -> str:
+        s = self.settled()
+        return (f"AnswerConvergence({len(self.points)} points, final answer {self.final_answer!r}, settled at "
+                f"{s['settled_at']}, {s['tokens_after_settling']} thinking tokens after)")
+
+    def _repr_html_(self) -> str:
+        return f"<p>{self!r}</p>" + self.to_frame().to_html(float_format=lambda v: f"{v:.2f}", max_rows=40)
+
+    def plot(self):
+        """P(final answer) and P(correct) against the thinking tokens read, the settling point marked."""
+        import plotly.graph_objects as go
+
+        from mimo_lab.viz.style import base_layout
+
+        frame = self.to_frame()
+        fig = go.Figure()
+        fig.add_scatter(x=frame["tokens"], y=frame["p_final"], mode="lines+markers", name="P(final answer)")
+        if frame["p_correct"].notna().any():
+            fig.add_scatter(x=frame["tokens"], y=frame["p_correct"], mode="lines+markers", name="P(correct)")
+        at = self.settled()["settled_at"]
+        if at is not None:
+            fig.add_vline(x=int(frame.at[at, "tokens"]), line_dash="dot", annotation_text="settled")
+        fig.update_xaxes(title="generated tokens kept before forcing the answer")
+        fig.update_yaxes(title="share of forced answers", range=[-0.02, 1.02])
+        return base_layout(fig, f"answer convergence · {self.settings.get('samples')} forced answers a point",
+                           height=360)
+
+    def save(self, path) -> Path:
+        path = _save_folder(path, "AnswerConvergence")
+        if not (path / "trace").is_dir():
+            self.trace.save(path / "trace")
+        _write_json(path / "convergence.json", {"format": FORMAT, "settings": self.settings,
+                                                "points": [vars(p) for p in self.points],
+                                                "rows": {str(k): v for k, v in self.rows.items()}})
+        return path
+
+    @classmethod
+    def load(cls, path) -> AnswerConvergence:
+        path = _read_folder(path, "AnswerConvergence", ("convergence.json",))
+        data = json.loads((path / "convergence.json").read_text())
+        return cls(trace=Trace.load(path / "trace"), points=[Prefix(**p) for p in data["points"]], rows=data["rows"],
+                   settings=data["settings"])
+
+
+def answer_convergence(lab, trace: Trace, *, samples: int = 16, every="sentence", reference=None,
+                       answer_type: str | None = None, settle: float = 0.9, seed: int = 0, kind: str = "sentence",
+                       forced_answer: str | None = None, forced_tokens: int = 64, backend: str = "transformers",
+                       batch_size: int = 16, out=None, progress: bool = True, **sampling) -> AnswerConvergence:
+    """See `Lab.answer_convergence`."""
+    samples = check_int("samples", samples, minimum=1)
+    settle = check_float("settle", settle)
+    if not 0 < settle <= 1:
+        raise ValueError(f"settle={settle!r} is out of range: a share in (0, 1] is accepted")
+    problem = check_reference(check_trace(trace), reference, answer_type, required=False)
+    session = Session(lab, trace, problem=problem, seed=seed, sampling=sampling, kind=kind, max_new_tokens=None,
+                      forced_answer=forced_answer, forced_tokens=forced_tokens, backend=backend,
+                      batch_size=batch_size, out=out, progress=progress)
+    points = _points(session, every)
+    session.start()
+    bar = tqdm(total=len(points) * samples, desc=f"answer convergence · {lab.name}", disable=not session.progress)
+    rows = {p.position: session.ensure("forced", p, samples, bar=bar) for p in points}
+    bar.close()
+    result = AnswerConvergence(trace=trace, points=points, rows=rows, settings={
+        **session.settings, "samples": samples, "every": every, "settle": settle,
+        "reference": problem.answer if problem else None})
+    if session.folder is not None:
+        result.save(session.folder)
+    return result
+
+
+# ----------------------------------------------------------------------------- resilience (Thought Branches)
+
+class Resilience:
+    """Per sentence i, `samples` chains (Thought Branches, Macar et al. 2025, arXiv 2510.27484): resample from
+    just before sentence i; if a sentence like i (similarity >= threshold) appears again in the rollout's
+    thinking (at i's place or anywhere downstream), keep the rollout up to that sentence and resample from
+    there; up to `rounds` times. `returns`: how many rounds the content came back in (`rounds` = it was still
+    there after the last round: censored). Per sentence: `resilience` (mean returns), `gone_first_round`
+    (share of chains where it never came back), `still_there` (censored share), `accuracy_removed` (accuracy
+    of the chains' last rollouts where the content was gone)."""
+
+    def __init__(self, *, trace: Trace, segments, sentences: list[int], chains: dict, settings: dict):
+        self.trace, self.segments, self.sentences, self.settings = trace, segments, list(sentences), settings
+        self.chains = {int(k): v for k, v in chains.items()}
+
+    def to_frame(self) -> pd.DataFrame:
+        rounds = self.settings["rounds"]
+        rows = []
+        for i in self.sentences:
+            chains = self.chains.get(i, [])
+            returns = [len([r for r in chain if r["returned"]]) for chain in chains]
+            gone = [chain[-1] for chain, n in zip(chains, returns, strict=True) if n < rounds]
+            answered = _answered(gone)
+            rows.append({"sentence": i, "text": self.segments[i].text.strip(), "label": self.segments[i].label,
+                         "chains": len(chains), "resilience": sum(returns) / len(returns) if returns else math.nan,
+                         "gone_first_round": sum(n == 0 for n in returns) / len(returns) if returns else math.nan,
+                         "still_there": sum(n == rounds for n in returns) / len(returns) if returns else math.nan,
+                         "accuracy_removed": accuracy_of(gone) if answered else math.nan})
+        return pd.DataFrame(rows).set_index("sentence")
+
+    def __repr__(self) -> str:
+        return (f"Resilience({len(self.sentences)} sentences, {self.settings['samples']} chains each, up to "
+                f"{self.settings['rounds']} rounds, similarity={self.settings['similarity']!r})")
+
+    def _repr_html_(self) -> str:
+        return f"<p>{self!r}</p>" + self.to_frame().to_html(float_format=lambda v: f"{v:.2f}", max_rows=40)
+
+    def plot(self):
+        """Resilience (mean rounds the content came back in) per sentence, coloured by label."""
+        import plotly.graph_objects as go
+
+        from mimo_lab.viz.style import LABEL_COLOURS, base_layout, shorten
+
+        frame = self.to_frame()
+        fig = go.Figure()
+        for label, part in frame.groupby("label", sort=False):
+            fig.add_bar(x=part.index.tolist(), y=part["resilience"].tolist(), name=label,
+                        marker_color=LABEL_COLOURS.get(label, "#999999"),
+                        hovertext=[shorten(t, 100) for t in part["text"]], hoverinfo="text+y")
+        fig.update_xaxes(title="sentence")
+        fig.update_yaxes(title=f"rounds it came back in (of {self.settings['rounds']})")
+        return base_layout(fig, "resilience: does a removed sentence's content come back?", height=360)
+
+    def save(self, path) -> Path:
+        path = _save_folder(path, "Resilience")
+        if not (path / "trace").is_dir():
+            self.trace.save(path / "trace")
+        _write_json(path / "resilience.json", {"format": FORMAT, "settings": self.settings,
+                                               "sentences": self.sentences,
+                                               "chains": {str(k): v for k, v in self.chains.items()}})
+        return path
+
+    @classmethod
+    def load(cls, path) -> Resilience:
+        path = _read_folder(path, "Resilience", ("resilience.json",))
+        data = json.loads((path / "resilience.json").read_text())
+        trace = Trace.load(path / "trace")
+        return cls(trace=trace, segments=trace.segments(data["settings"]["kind"]), sentences=data["sentences"],
+                   chains=data["chains"], settings=data["settings"])
+
+
+def _resilience_row(session: Session, prefix: Prefix, k: int, r: int, head: str, result: dict, seed: int,
+                    original: str, sim, threshold: float) -> dict:
+    """A resilience round's record: did a sentence like the original come back in the rollout's thinking
+    (at its place or downstream), and how many generated tokens come before it (`cut`)."""
+    full = head + result["text"]
+    span = _view(session.trace, full).thinking_span
+    pieces = [] if span is None else [
+        p for p in segment(full[span[0] : span[1]], kind=session.kind, offset=span[0], full_text=full)
+        if p.end > len(head) and p.text.strip()]
+    scores = sim([p.text.strip() for p in pieces], [original] * len(pieces)) if pieces else []
+    hit = next((p for p, score in zip(pieces, scores, strict=True) if score >= threshold), None)
+    cut = None
+    if hit is not None:  # keep the tokens that start before the returning sentence
+        _, spans = session.decoder.decode_with_spans(result["ids"])
+        cut = sum(1 for a, _ in spans if len(head) + a < hit.start)
+    return {"kind": "resilience", "position": prefix.position, "sentence": prefix.sentence, "index": k, "round": r,
+            "seed": seed, "text": result["text"], "ids": result["ids"], "finish_reason": result["finish_reason"],
+            "num_tokens": len(result["ids"]), "returned": hit is not None,
+            "returned_text": hit.text.strip() if hit is not None else None, "cut": cut, **session.grade_text(full)}
+
+
+def _chains(session: Session, prefix: Prefix, original: str, samples: int, rounds: int, sim,
+            threshold: float) -> list[list[dict]]:
+    """`samples` resilience chains from `prefix` (round 1 batched: every chain starts from the same prefix;
+    later rounds one chain at a time). Every round is stored as it finishes, so a resumed run continues."""
+    missing = [k for k in range(samples) if session.store.get("resilience", prefix.position, k, 1) is None]
+    for start in range(0, len(missing), session.batch_size):
+        batch = missing[start : start + session.batch_size]
+        seeds = [rollout_seed(session.seed, prefix.position, "resilience", k, 1) for k in batch]
+        results = session.engine.run(session.base_ids(prefix), seeds, session.budget_after(prefix.keep))
+        session.store.add([_resilience_row(session, prefix, k, 1, prefix.text, result, s, original, sim, threshold)
+                           for k, s, result in zip(batch, seeds, results, strict=True)])
+    chains = []
+    for k in range(samples):
+        base, head, kept, chain = session.base_ids(prefix), prefix.text, prefix.keep, []
+        for r in range(1, rounds + 1):
+            row = session.store.get("resilience", prefix.position, k, r)
+            if row is None:
+                s = rollout_seed(session.seed, prefix.position, "resilience", k, r)
+                result = session.engine.run(base, [s], session.budget_after(kept))[0]
+                row = _resilience_row(session, prefix, k, r, head, result, s, original, sim, threshold)
+                session.store.add([row])
+            chain.append(row)
+            if not row["returned"]:
+                break
+            cut_ids = row["ids"][: row["cut"]]
+            text, _ = session.decoder.decode_with_spans(cut_ids)
+            base, head, kept = base + cut_ids, head + text, kept + len(cut_ids)
+        chains.append(chain)
+    return chains
+
+
+def resilience(lab, trace: Trace, *, samples: int = 8, rounds: int = 3, sentences=None, reference=None,
+               answer_type: str | None = None, similarity="words", threshold: float = 0.8, seed: int = 0,
+               kind: str = "sentence", max_new_tokens: int | None = None, backend: str = "transformers",
+               batch_size: int = 16, out=None, progress: bool = True, **sampling) -> Resilience:
+    """See `Lab.resilience`."""
+    samples = check_int("samples", samples, minimum=1)
+    rounds = check_int("rounds", rounds, minimum=1, maximum=20)
+    threshold = check_float("threshold", threshold)
+    problem = check_reference(check_trace(trace), reference, answer_type, required=False)
+    sim, sim_name = resolve_similarity(similarity)
+    session = Session(lab, trace, problem=problem, seed=seed, sampling=sampling, kind=kind,
+                      max_new_tokens=max_new_tokens, forced_answer=None, forced_tokens=64, backend=backend,
+                      batch_size=batch_size, out=out, progress=progress)
+    chosen = _check_sentences(sentences, len(session.prefixes))
+    wanted = {"similarity": sim_name, "threshold": threshold}
+    marker = session.folder / "resilience_settings.json" if session.folder is not None else None
+    if marker is not None and marker.exists() and json.loads(marker.read_text()) != wanted:
+        # the chains depend on the similarity: a resumed run must use the same
+        raise ValueError(f"out={str(session.folder)!r} holds resilience chains made with "
+                         f"{marker.read_text().strip()}; now {wanted}: use another folder")
+    session.start()
+    if marker is not None:
+        _write_json(marker, wanted)
+    originals = [s.text.strip() for s in session.segments]
+    bar = tqdm(total=len(chosen) * samples, desc=f"resilience · {lab.name}", disable=not session.progress)
+    chains = {}
+    for i in chosen:
+        chains[i] = _chains(session, session.prefixes[i], originals[i], samples, rounds, sim, threshold)
+        bar.update(samples)
+    bar.close()
+    result = Resilience(trace=trace, segments=session.segments, sentences=chosen, chains=chains, settings={
+        **session.settings, "samples": samples, "rounds": rounds, "similarity": sim_name, "threshold": threshold,
+        "reference": problem.answer if problem else None})
+    if session.folder is not None:
+        result.save(session.folder)
+    return result

@@ -127,7 +127,8 @@ class Run:
         return Explorer(self)
 
 
-def _scan(path: Path) -> tuple[list[dict], list[tuple[int, str]], int]:
+def _scan(path: Path, required: tuple[str, ...] = ("problem_id", "sample_index")
+          ) -> tuple[list[dict], list[tuple[int, str]], int]:
     """(records, bad lines as (line number, reason), byte offset after the last complete line)."""
     data = path.read_bytes()
     records, bad, good_end, start, number = [], [], 0, 0, 0
@@ -143,16 +144,17 @@ def _scan(path: Path) -> tuple[list[dict], list[tuple[int, str]], int]:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 bad.append((number, f"not valid JSON: {err}"))
             else:
-                if isinstance(record, dict) and {"problem_id", "sample_index"} <= set(record):
+                if isinstance(record, dict) and set(required) <= set(record):
                     records.append(record)
                 else:
-                    bad.append((number, "not a sample record (no problem_id / sample_index)"))
+                    bad.append((number, f"not a record of this file (no {' / '.join(required)})"))
         good_end = start = end + 1
     return records, bad, good_end
 
 
-def read_samples(path: str | Path) -> list[dict]:
-    """The complete records of samples.jsonl, read-only (the file is never changed).
+def read_samples(path: str | Path, required: tuple[str, ...] = ("problem_id", "sample_index")) -> list[dict]:
+    """The complete records of samples.jsonl (or any such log whose records hold the `required` keys),
+    read-only (the file is never changed).
 
     A line that does not parse is skipped with a warning naming the file and line number, and
     every record after it is kept; a last line without a newline (being written, or cut by a kill)
@@ -161,7 +163,7 @@ def read_samples(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    records, bad, _ = _scan(path)
+    records, bad, _ = _scan(path, required)
     for number, reason in bad:
         warnings.warn(f"{path} line {number} skipped ({reason}); the records after it are kept", stacklevel=2)
     return records
@@ -317,6 +319,9 @@ def run(lab, suite: Suite | str | Path, *, samples: int = 1, out: str | Path | N
             traces = generate(prompts, seeds, sampling)
             for (problem, index), trace, sample_seed_value in zip(batch, traces, seeds, strict=True):
                 record = _grade_record(problem, index, trace, sample_seed_value)
+                # the problem a saved trace belongs to: what `lab.sentence_importance` grades its rollouts by
+                trace.meta["problem"] = {"id": problem.id, "suite": suite.name, "answer": problem.answer,
+                                         "answer_type": problem.answer_type, "question": problem.question}
                 if save_traces:
                     trace.save(folder / "traces" / f"{_safe(problem.id)}__{index}")
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")

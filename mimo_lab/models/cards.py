@@ -34,6 +34,9 @@ class ModelCard:
     # MTP slot-0 convention its MTP was trained/served with: True = token embedding zeroed (vLLM/SGLang),
     # False = unmasked; None = the checkpoint config's `mtp_zero_first_embedding`. The MTP lens's default.
     mtp_zero_first_embedding: bool | None = None
+    # What forcing the end of thinking appends to a prefix (`Lab.sentence_importance`, `Lab.answer_convergence`):
+    # None = Thought Anchors' "\n</think>\n\nTherefore, the final answers is \\boxed{"
+    forced_answer: str | None = None
 
     @property
     def recommended_sampling(self) -> dict:
@@ -92,6 +95,7 @@ CARDS: dict[str, ModelCard] = {
 NANO_CARD = ModelCard(
     name="MiMo-nano", family="mimo", system_prompt="", temperature=0.6, top_p=0.95, max_new_tokens=768,
     context_length=32768, has_mtp=True, published={}, greedy=True, mtp_zero_first_embedding=None,
+    forced_answer="\n</think>\n\n",  # as its traces cut short close the thinking, then answer from what was reached
     notes="Tiny MiMo-architecture model trained by `mimo-lab nano train`; see mimo_lab/nano/checkpoint/README.md. "
           "Decodes greedily by default (its accuracy is measured that way); give a temperature to sample "
           "(MiMo's 0.6 is the slider's default).",
