@@ -620,7 +620,8 @@ def _check_sentences(sentences, count: int) -> list[int]:
     if isinstance(sentences, int) and not isinstance(sentences, bool):
         sentences = [sentences]
     if not isinstance(sentences, Sequence | range) or isinstance(sentences, str):
-        raise TypeError(f"sentences={show(sentences)} is not accepted: None (all), a sentence index or a list of them is")
+        raise TypeError(f"sentences={show(sentences)} is not accepted: None (all), a sentence index or a list of "
+                        "them is")
     out = []
     for s in sentences:
         s = check_int("sentences", s)

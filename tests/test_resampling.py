@@ -230,7 +230,7 @@ def test_dependencies_match_a_direct_count(importance):
             assert all(math.isnan(v) for v in dep[i])
             continue
         for j in range(i + 1, len(segments)):
-            def appears(rows, where, skip_first):
+            def appears(rows, where, skip_first, j=j):
                 hits = []
                 for r in rows:
                     texts = [t for _, t in importance._rollout_sentences(where, r)]
