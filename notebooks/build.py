@@ -320,7 +320,7 @@ A tour in a dozen cells: load a model, generate a reasoning trace and look at it
 view, a small benchmark with its failures, and the playground. The deeper notebooks:
 [01 reasoning traces](01_reasoning_traces.ipynb) · [02 attention and probing](02_attention_patterns.ipynb) ·
 [03 benchmark failures](03_benchmark_failures.ipynb) · [04 playground](04_playground.ipynb) ·
-[05 traces from anywhere](05_thought_anchors.ipynb).
+[05 traces from anywhere](05_thought_anchors.ipynb) · [06 which sentence mattered](06_which_sentence_mattered.ipynb).
 
 {PARAMS_NOTE}
 """),
@@ -531,6 +531,114 @@ print(diff)
 display(diff.disagreements(5)[["position", "token", "logprob_a", "logprob_b", "kl_ab", "context"]])
 display(diff.by_layer())
 diff.plot()
+"""),
+    ],
+    "06_which_sentence_mattered.ipynb": [
+        md(f"""
+# 06 · Which sentence mattered: resampling a failing trace
+
+Thought Anchors' black-box half (Bogdan et al. 2025): for every reasoning sentence i, resample the rest of the
+trace from just before it (sentence i regenerated) and from just after it (the rollouts of sentence i+1), grade
+every rollout, and measure how the answer distribution moves. Here on a benchmark sample the model got wrong:
+which sentence made it fail? Then the same trace through the attention-based view (receiver heads, attention
+suppression): where do the two agree? Also: the answer forced after every prefix (when was the answer settled?)
+and the resilience of the culprit (does its content come back when it is removed?).
+
+{{PARAMS_NOTE}} The paper draws 100 rollouts a sentence; `SAMPLES = 100` on a GPU (`backend="vllm"` shares
+prefixes through vLLM's prefix cache). Runs are resumable: give `OUT` a folder and run the cell again after a kill.
+"""),
+        code("""
+MODEL = None     # MiMo-nano; or "XiaomiMiMo/MiMo-7B-RL"
+SAMPLES = 12     # rollouts per sentence (Thought Anchors: 100)
+LIMIT = 12       # benchmark problems to look for a failure in
+OUT = None       # a folder keeps the rollouts (resumable); None: a temporary one
+""", tags=["parameters"]),
+        code("""
+import tempfile
+
+import pandas as pd
+
+import mimo_lab
+from mimo_lab import bench
+
+lab = mimo_lab.load(MODEL)
+if MODEL is None:  # levels 4 and 5: MiMo-nano fails some of them
+    suite = bench.nano_suite(per_cell=2, levels=(4, 5), families=("addition", "subtraction", "multiplication"))
+else:
+    suite = bench.load_suite("math500", limit=LIMIT)
+out = OUT or tempfile.mkdtemp(prefix="mimo-importance-")
+run = lab.bench(suite, out=f"{out}/bench", limit=LIMIT, progress=False)
+failures = run.explore().failures()
+wrong = failures[failures.category == "wrong_answer"]
+pick = (wrong if len(wrong) else failures).iloc[0] if len(failures) else run.frame.iloc[0]
+trace = run.trace(pick.problem_id, int(pick.sample_index))
+print(pick.problem_id, "| got", pick.extracted_answer, "| expected", pick.reference_answer)
+print(trace.thinking)
+"""),
+        md("""
+## Resampling importance
+`lab.sentence_importance(trace)` grades rollouts against the benchmark problem the trace records. Per sentence:
+`accuracy` (of the rollouts resampled from it), `resampling_importance_accuracy` (accuracy with the sentence
+kept minus resampled), the counterfactual versions (only rollouts whose new sentence differs from the original),
+the forced-answer versions, and KL divergences between the answer distributions; each with a bootstrap interval.
+"""),
+        code("""
+importance = lab.sentence_importance(trace, samples=SAMPLES, out=f"{out}/importance", progress=False)
+frame = importance.to_frame()
+frame[["text", "label", "accuracy", "resampling_importance_accuracy", "counterfactual_importance_accuracy",
+       "counterfactual_importance_kl", "forced_importance_accuracy", "different_trajectories_fraction"]]
+"""),
+        code("importance.plot('resampling_importance_accuracy')"),
+        code("""
+# where it went wrong: the sentence after which the rollouts' accuracy fell the most
+culprit = int(frame["resampling_importance_accuracy"].idxmin())
+row = frame.loc[culprit]
+print(f"sentence {culprit}: {row.text!r}")
+print(f"accuracy resampled from it {row.accuracy:.2f} -> with it kept "
+      f"{row.accuracy + row.resampling_importance_accuracy:.2f}")
+"""),
+        code("importance.plot_dependencies()"),
+        md("""
+## When was the answer settled?
+Force the end of thinking after every prefix and sample the answer: P(final answer) and P(correct) along the trace.
+"""),
+        code("""
+convergence = lab.answer_convergence(trace, samples=SAMPLES, out=f"{out}/importance", progress=False)
+print(convergence.settled())
+convergence.plot()
+"""),
+        md("""
+## The attention-based view of the same trace
+Receiver heads (the heads whose attention piles onto a few sentences) and the attention each sentence receives
+from them; attention suppression (mask a sentence, measure how much later tokens' distributions move). Where do
+they agree with resampling?
+"""),
+        code("""
+proximity = 2 if MODEL is None else 4
+heads = lab.receiver_heads(trace, proximity=proximity).top(3 if MODEL is None else 20)
+received = []
+for layer, part in heads.groupby("layer"):
+    scores = lab.attention(trace, int(layer)).by_sentence().vertical_scores(proximity=proximity)
+    received.append(scores[part["head"].tolist()])
+import torch
+frame["received_attention"] = torch.cat(received).nanmean(0).numpy()
+suppression = lab.suppression_matrix(trace, kl="thought_anchors")
+frame["suppression_effect"] = suppression.matrix.nanmean(1).numpy()
+frame["accuracy_drop"] = -frame["resampling_importance_accuracy"]
+views = ["accuracy_drop", "counterfactual_importance_kl", "received_attention", "suppression_effect"]
+display(frame[views].corr(method="spearman").round(2))
+top = {view: set(frame[view].nlargest(3).index) for view in views}
+print("top-3 sentences by each view:", {k: sorted(v) for k, v in top.items()})
+print("resampling and attention agree on:", sorted(top["accuracy_drop"] & (top["received_attention"] | top["suppression_effect"])))
+"""),
+        md("""
+## Resilience of the culprit
+Thought Branches (arXiv 2510.27484): remove the sentence, resample, and count how often a sentence with the same
+meaning comes back downstream (and resample again from there), up to three rounds.
+"""),
+        code("""
+resilience = lab.resilience(trace, samples=max(4, SAMPLES // 3), rounds=3, sentences=[culprit], progress=False)
+resilience.to_frame()
 """),
     ],
 }
