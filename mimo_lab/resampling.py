@@ -190,15 +190,21 @@ class Prefix:
 
 
 def prefixes(trace: Trace, kind: str = "sentence") -> tuple[list[Prefix], object]:
-    """One Prefix per reasoning sentence (segments of the thinking, `trace.segments(kind)`), and the segments."""
+    """One Prefix per reasoning sentence (segments of the thinking, `trace.segments(kind)`), and the segments.
+
+    A sentence's rollouts sample from the first token that starts inside it (every token that starts before
+    it is kept, so a token straddling the boundary stays with the prefix: `segments.positions[i][0]`). A
+    sentence no token starts in (it lies inside one token) samples from the token that holds its start."""
     segments = trace.segments(kind)
+    starts = trace.spans[:, 0].tolist() if len(trace) else []
+    ends = trace.spans[:, 1].tolist() if len(trace) else []
     out = []
-    for i, (start, _end) in enumerate(segments.positions or []):
-        keep = start - trace.prompt_length
-        if keep < 0 or keep > len(trace) or (keep == 0 and i > 0 and len(segments[i].text.strip())):
-            raise ValueError(f"sentence {i} has no token of its own in this trace: it cannot be resampled alone")
-        char = int(trace.spans[keep, 0]) if keep < len(trace) else len(trace.text)
-        out.append(Prefix(i, start, keep, trace.text[:char]))
+    for seg in segments:
+        keep = next((k for k, a in enumerate(starts) if a >= seg.start), len(starts))
+        if keep == len(starts) or starts[keep] >= seg.end:
+            keep = next((k for k, (a, b) in enumerate(zip(starts, ends, strict=True)) if a <= seg.start < b), keep)
+        char = int(starts[keep]) if keep < len(starts) else len(trace.text)
+        out.append(Prefix(seg.index, trace.prompt_length + keep, keep, trace.text[:char]))
     return out, segments
 
 

@@ -430,3 +430,27 @@ def test_minilm_similarity_equals_sentence_transformers(tmp_path):
     want = torch.nn.functional.cosine_similarity(ea, eb, dim=-1).tolist()
     assert ours(a, b) == pytest.approx(want, abs=1e-5)
     assert ours(a, b)[0] == pytest.approx(1.0, abs=1e-5) and ours(a, b)[1] > 0.8 > ours(a, b)[2]
+
+
+def test_prefixes_of_a_foreign_trace_start_at_each_chunks_first_token(nano):
+    from pathlib import Path
+
+    from mimo_lab import thought_anchors as ta
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "thought_anchors"
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        pytest.skip(f"the shipped Thought Anchors data is not at {root}")
+    trace = ta.read(folders[0], nano)  # an R1 trace scored by MiMo-nano: its tokens, not R1's
+    prefixes, segments = R.prefixes(trace, "thought_anchors")
+    starts = trace.spans[:, 0].tolist()
+    assert len(prefixes) == len(segments) > 20
+    for prefix, seg in zip(prefixes, segments, strict=True):
+        # brute force: the first token that starts at or after the chunk's first character
+        first = min(k for k, a in enumerate(starts) if a >= seg.start)
+        if starts[first] < seg.end:
+            assert prefix.keep == first
+        else:  # no token starts inside the chunk: the token that holds its start
+            assert trace.spans[prefix.keep, 0] <= seg.start < trace.spans[prefix.keep, 1]
+        assert prefix.text == trace.text[: int(trace.spans[prefix.keep, 0])]
+        assert prefix.position == trace.prompt_length + prefix.keep
