@@ -556,8 +556,6 @@ OUT = None       # a folder keeps the rollouts (resumable); None: a temporary on
         code("""
 import tempfile
 
-import pandas as pd
-
 import mimo_lab
 from mimo_lab import bench
 
@@ -614,13 +612,14 @@ from them; attention suppression (mask a sentence, measure how much later tokens
 they agree with resampling?
 """),
         code("""
+import torch
+
 proximity = 2 if MODEL is None else 4
 heads = lab.receiver_heads(trace, proximity=proximity).top(3 if MODEL is None else 20)
 received = []
 for layer, part in heads.groupby("layer"):
     scores = lab.attention(trace, int(layer)).by_sentence().vertical_scores(proximity=proximity)
     received.append(scores[part["head"].tolist()])
-import torch
 frame["received_attention"] = torch.cat(received).nanmean(0).numpy()
 suppression = lab.suppression_matrix(trace, kl="thought_anchors")
 frame["suppression_effect"] = suppression.matrix.nanmean(1).numpy()
