@@ -544,7 +544,7 @@ which sentence made it fail? Then the same trace through the attention-based vie
 suppression): where do the two agree? Also: the answer forced after every prefix (when was the answer settled?)
 and the resilience of the culprit (does its content come back when it is removed?).
 
-{{PARAMS_NOTE}} The paper draws 100 rollouts a sentence; `SAMPLES = 100` on a GPU (`backend="vllm"` shares
+{PARAMS_NOTE} The paper draws 100 rollouts a sentence; `SAMPLES = 100` on a GPU (`backend="vllm"` shares
 prefixes through vLLM's prefix cache). Runs are resumable: give `OUT` a folder and run the cell again after a kill.
 """),
         code("""
