@@ -415,22 +415,21 @@ def trace_digest(trace: Trace) -> str:
 
 
 class Store:
-    """The rollouts of one trace, keyed by (kind, position, index, round); appended to `rollouts.jsonl`
-    when the run has a folder (in memory otherwise)."""
+    """The rollouts of one trace, keyed by (kind, position, round) and then rollout index; appended to
+    `rollouts.jsonl` when the run has a folder (in memory otherwise)."""
 
     def __init__(self, folder: Path | None):
         self.folder = folder
-        self.rows: dict[tuple, dict] = {}
+        self.rows: dict[tuple, dict[int, dict]] = {}
         if folder is not None and (folder / "rollouts.jsonl").exists():
             for row in read_samples(folder / "rollouts.jsonl", ("kind", "position", "index")):
-                self.rows[self.key(row)] = row
+                self._keep(row)
 
-    @staticmethod
-    def key(row: dict) -> tuple:
-        return row["kind"], row["position"], row["index"], row.get("round", 0)
+    def _keep(self, row: dict) -> None:
+        self.rows.setdefault((row["kind"], row["position"], row.get("round", 0)), {})[row["index"]] = row
 
     def get(self, kind: str, position: int, index: int, round_: int = 0) -> dict | None:
-        return self.rows.get((kind, position, index, round_))
+        return self.rows.get((kind, position, round_), {}).get(index)
 
     def add(self, rows: list[dict]) -> None:
         if self.folder is not None:
@@ -440,12 +439,13 @@ class Store:
                 sink.flush()
                 os.fsync(sink.fileno())
         for row in rows:
-            self.rows[self.key(row)] = row
+            self._keep(row)
 
     def of(self, kind: str, position: int, count: int | None = None) -> list[dict]:
-        rows = sorted((r for k, r in self.rows.items() if k[0] == kind and k[1] == position and k[3] == 0),
-                      key=lambda r: r["index"])
-        return rows if count is None else rows[:count]
+        """The rollouts 0 .. count-1 there are of one kind from one prefix, in index order."""
+        found = self.rows.get((kind, position, 0), {})
+        indices = sorted(found) if count is None else [k for k in range(count) if k in found]
+        return [found[k] for k in indices]
 
 
 def check_reference(trace: Trace, reference, answer_type: str | None, *, required: bool = True) -> BenchProblem | None:
@@ -597,8 +597,7 @@ class Session:
 
     def ensure(self, kind: str, prefix: Prefix, count: int, *, bar=None) -> list[dict]:
         """The first `count` rollouts of one kind from one prefix, generating what the store lacks."""
-        have = {r["index"] for r in self.store.of(kind, prefix.position)}
-        todo = [k for k in range(count) if k not in have]
+        todo = [k for k in range(count) if self.store.get(kind, prefix.position, k) is None]
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             seeds = [rollout_seed(self.seed, prefix.position, kind, k) for k in batch]

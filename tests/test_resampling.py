@@ -328,16 +328,28 @@ def test_a_killed_run_resumes_with_nothing_lost_or_repeated(nano, trace, tmp_pat
 
 
 def test_adaptive_stops_a_set_once_its_interval_is_narrow(nano, trace):
-    # greedy-like sampling: every rollout right, so two answers already give a 95% half-width of 0.33
-    run = nano.sentence_importance(trace, samples=8, reference="132", adaptive=0.35, batch_size=2,
-                                   max_new_tokens=BUDGET, forced=False, sentences=[0], progress=False,
-                                   temperature=0.6)
-    assert run.settings["adaptive"] == 0.35
-    assert [len(run.resampled[i]) for i in (0, 1)] == [2, 2]
-    full = nano.sentence_importance(trace, samples=8, reference="132", batch_size=2, max_new_tokens=BUDGET,
-                                    forced=False, sentences=[0], progress=False, temperature=0.6)
-    assert [len(full.resampled[i]) for i in (0, 1)] == [8, 8]
-    assert [r["text"] for r in full.resampled[0][:2]] == [r["text"] for r in run.resampled[0]]
+    options = dict(samples=8, reference="132", batch_size=2, max_new_tokens=BUDGET, forced=False, sentences=[0, 1],
+                   progress=False, temperature=0.6)
+    run = nano.sentence_importance(trace, adaptive=0.35, **options)
+    full = nano.sentence_importance(trace, **options)
+    assert run.settings["adaptive"] == 0.35 and full.settings["adaptive"] is None
+    stopped_early = 0
+    for i in (0, 1, 2):
+        rows = full.resampled[i]
+        assert len(rows) == 8
+        # brute force: the first batch boundary where the 95% interval of the answered rollouts' accuracy
+        # has a half-width <= 0.35
+        want = 8
+        for count in (2, 4, 6, 8):
+            answered = [r for r in rows[:count] if r["norm"]]
+            low, high = R.wilson_interval(sum(r["correct"] for r in answered), len(answered))
+            if answered and (high - low) / 2 <= 0.35:
+                want = count
+                break
+        assert len(run.resampled[i]) == want
+        assert [r["text"] for r in run.resampled[i]] == [r["text"] for r in rows[:want]]
+        stopped_early += want < 8
+    assert stopped_early >= 1
 
 
 @pytest.mark.parametrize(("options", "match"), [
