@@ -526,10 +526,14 @@ V2_STRATEGIES = {
     "sorting": ("selection", "insertion"),
 }
 V2_STRATEGY_SHARE = 0.5  # the first strategy's share (the second gets the rest), unless V2_STRATEGY_SHARES says
-# A family's own share of its first strategy: `ax + b = c` leans to dividing (the times table walks up to 12
-# steps at level 3 and loses its target: retrain v2g, greedy on the times table, 82% at level 3); at T 0.6
-# a 60/40 design samples about 66/34, so the second strategy stays a real choice.
-V2_STRATEGY_SHARES = {family: V2_STRATEGY_SHARE for family in V2_STRATEGIES} | {"linear_equation": 0.6}
+# A family's own share of its first strategy: greedy decoding takes the likelier strategy, so where one is
+# the sturdier, the design leans to it. `ax + b = c` leans to dividing (the times table walks up to 12
+# steps at level 3 and loses its target: retrain v2g, greedy on the times table, 82% at level 3),
+# subtraction to borrowing (retrain v2h, greedy counting up: 88 / 93 / 94%, zero-length jumps such as
+# "From 40 up to 40 is 0" lose the count), letter counting to spelling (the tally misses a final letter:
+# v2f). At T 0.6 a 60/40 design samples about 66/34, so the second strategy stays a real choice.
+V2_STRATEGY_SHARES = {family: V2_STRATEGY_SHARE for family in V2_STRATEGIES} | {
+    "linear_equation": 0.6, "subtraction": 0.6, "letter_count": 0.6}
 V2_PLAN_RATE = 0.4  # a plan sentence after the strategy sentence
 V2_SLIP_RATE = 0.25  # at the slip site: a wrong value (a number: one step off either way, so each ~12%)
 V2_NOTICE_RATE = 0.75  # a slip followed by "Wait, ..." and its correction (else it goes on, wrong)
