@@ -730,6 +730,11 @@ def _write_json(path: Path, content) -> None:
     tmp.replace(path)
 
 
+def _html(result, frame: pd.DataFrame, digits: int = 2) -> str:
+    """A result's notebook view: its repr, then its frame."""
+    return f"<p>{result!r}</p>" + frame.to_html(float_format=lambda v: f"{v:.{digits}f}", max_rows=40)
+
+
 def _read_folder(path, what: str, files: Sequence[str]) -> Path:
     path = check_path("path", path)
     for name in files:
@@ -932,7 +937,7 @@ class SentenceImportance:
         frame = self.to_frame(intervals=0)[["text", "label", "accuracy", "resampling_importance_accuracy",
                                             "counterfactual_importance_accuracy", "counterfactual_importance_kl",
                                             "forced_importance_accuracy"]]
-        return f"<p>{self!r}</p>" + frame.to_html(float_format=lambda v: f"{v:.3f}", max_rows=40)
+        return _html(self, frame, 3)
 
     # ---- export, save, load
     def to_thought_anchors(self, folder, *, overwrite: bool = False, problem=None) -> Path:
@@ -1068,7 +1073,7 @@ class AnswerConvergence:
                 f"{s['settled_at']}, {s['tokens_after_settling']} thinking tokens after)")
 
     def _repr_html_(self) -> str:
-        return f"<p>{self!r}</p>" + self.to_frame().to_html(float_format=lambda v: f"{v:.2f}", max_rows=40)
+        return _html(self, self.to_frame())
 
     def plot(self):
         """P(final answer) and P(correct) against the thinking tokens read, the settling point marked."""
@@ -1167,7 +1172,7 @@ class Resilience:
                 f"{self.settings['rounds']} rounds, similarity={self.settings['similarity']!r})")
 
     def _repr_html_(self) -> str:
-        return f"<p>{self!r}</p>" + self.to_frame().to_html(float_format=lambda v: f"{v:.2f}", max_rows=40)
+        return _html(self, self.to_frame())
 
     def plot(self):
         """Resilience (mean rounds the content came back in) per sentence, coloured by label."""
