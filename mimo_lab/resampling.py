@@ -317,16 +317,72 @@ class RolloutEngine:
                     _growing(cache)
                 else:
                     self.stats["prefill_tokens"] += len(base_ids)
-                traces = generate_traces(self.lab.model, self.lab.tokenizer, [self.prompt_text] * len(batch),
-                                         [self.prompt] * len(batch), sampling=settings, seeds=list(batch),
-                                         model_name=self.lab.name, input_ids=[base_ids] * len(batch), cache=cache)
-                out += [{"ids": t.token_ids.tolist(), "text": t.text, "finish_reason": t.finish_reason}
-                        for t in traces]
+                if cache is not None:
+                    out += self._decode(base_ids, list(batch), settings, cache)
+                else:
+                    traces = generate_traces(self.lab.model, self.lab.tokenizer, [self.prompt_text] * len(batch),
+                                             [self.prompt] * len(batch), sampling=settings, seeds=list(batch),
+                                             model_name=self.lab.name, input_ids=[base_ids] * len(batch))
+                    out += [{"ids": t.token_ids.tolist(), "text": t.text, "finish_reason": t.finish_reason}
+                            for t in traces]
             self.stats["batches"] += 1
         self.stats["rollouts"] += len(seeds)
         self.stats["naive_prefill_tokens"] += len(seeds) * len(base_ids)
         self.stats["generated_tokens"] += sum(len(r["ids"]) for r in out)
         return out
+
+    @torch.no_grad()
+    def _decode(self, base_ids: list[int], seeds: list[int], settings: Sampling, cache) -> list[dict]:
+        """Decode a batch that continues one prefix (`cache` holds all of it but the last token), dropping
+        each row from the batch as soon as it ends (`generate` would keep decoding it in lockstep until the
+        longest row ends). Every step is `generation.AnalyticsSampler`'s: the same warpers, per-token
+        analytics (log-prob, entropy, top-k) and inverse-CDF draw from each row's own uniforms, so a row's
+        tokens equal one `generate` call with its seed."""
+        from mimo_lab.generation import cache_argument, eos_token_ids, sampling_warpers
+
+        model, tokenizer = self.lab.model, self.lab.tokenizer
+        device, steps = model.device, settings.max_new_tokens
+        eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
+        warpers = sampling_warpers(settings)
+        uniforms = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                                for s in seeds]).clamp(min=1e-12).to(device)
+        rows = torch.arange(len(seeds), device=device)  # the batch row of each live rollout
+        tokens: list[list[int]] = [[] for _ in seeds]
+        finish = ["length"] * len(seeds)
+        last = torch.full((len(seeds), 1), base_ids[-1], dtype=torch.long, device=device)
+        for step in range(steps):
+            scores = model(input_ids=last, use_cache=True, **cache_argument(model, cache)).logits[:, -1, :].float()
+            logprobs = scores.log_softmax(-1)
+            torch.special.entr(logprobs.exp()).sum(-1)  # the analytics a Trace keeps, as the naive loop computes
+            logprobs.topk(min(5, logprobs.shape[-1]), dim=-1)
+            if settings.greedy:
+                chosen = scores.argmax(-1)
+            else:
+                warped = scores
+                for warper in warpers:
+                    warped = warper(last, warped)
+                probs = warped.softmax(-1)
+                torch.special.entr(probs).sum(-1)
+                cdf = probs.double().cumsum(-1)
+                target = uniforms[:, step : step + 1] * cdf[:, -1:]
+                chosen = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+            logprobs.gather(-1, chosen[:, None])
+            ended = torch.isin(chosen, eos)
+            for row, token, done in zip(rows.tolist(), chosen.tolist(), ended.tolist(), strict=True):
+                if done:
+                    finish[row] = "stop"
+                else:
+                    tokens[row].append(token)
+            if bool(ended.all()):
+                break
+            if bool(ended.any()):
+                keep = (~ended).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                rows, uniforms, chosen = rows[keep], uniforms[keep], chosen[keep]
+            last = chosen[:, None]
+        decoder = TokenDecoder(tokenizer)
+        return [{"ids": ids, "text": decoder.decode_with_spans(ids)[0], "finish_reason": reason}
+                for ids, reason in zip(tokens, finish, strict=True)]
 
     def _run_vllm(self, base_ids: list[int], seeds: list[int], settings: Sampling) -> list[dict]:
         from mimo_lab.bench.vllm_backend import require_vllm, sampling_params, traces_from_outputs
