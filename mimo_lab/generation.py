@@ -290,15 +290,11 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
                     with_mtp: bool = False, top_alternatives: int = 5,
                     on_token: Callable[[StreamToken], None] | None = None,
                     stop_event: threading.Event | None = None, add_special_tokens: bool = False,
-                    min_new_tokens: int = 0, input_ids: list[list[int]] | None = None,
-                    cache=None) -> list[Trace]:
+                    min_new_tokens: int = 0, input_ids: list[list[int]] | None = None) -> list[Trace]:
     """Generate one Trace per prompt text (a batch, left-padded).
 
     min_new_tokens: EOS is impossible before this many tokens (for fixed-length benchmarks).
     input_ids: the token ids to continue from (one list per prompt) instead of tokenizing the texts.
-    cache: a KV cache (batch = the number of prompts) that already holds every row's `input_ids` but the
-        last token; all rows must then be the same ids (no padding). `generate` runs only the rest, so a
-        prefix shared by many rollouts is read once (`mimo_lab.resampling`). It is consumed (extended).
     """
     if on_token is not None and len(prompt_texts) != 1:
         raise ValueError(f"streaming takes one prompt at a time, got {len(prompt_texts)}")
@@ -315,8 +311,6 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     else:
         width = max(len(ids) for ids in input_ids)
-        if cache is not None and any(list(ids) != list(input_ids[0]) for ids in input_ids):
-            raise ValueError("a shared prefix cache needs every row to continue the same token ids")
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in input_ids], device=device)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in input_ids], device=device)
     decoder = TokenDecoder(tokenizer)
@@ -345,7 +339,6 @@ def generate_traces(model, tokenizer, prompt_texts: list[str], prompts: list, *,
         eos_token_id=eos, pad_token_id=pad_id, logits_processor=LogitsProcessorList([sampler]),
         stopping_criteria=StoppingCriteriaList([StopOnEvent(stop_event)]), use_cache=True,
         num_beams=1, temperature=None, top_p=None, top_k=None, min_new_tokens=min_new_tokens or None,
-        **(cache_argument(model, cache) if cache is not None else {}),
     )
     records = sampler.stacked()
     prompt_len = input_ids.shape[1]

@@ -178,6 +178,16 @@ def _view(trace: Trace, text: str) -> Trace:
                    top_logprobs=torch.zeros(0, 1), top_texts=[], mtp=None, meta={})
 
 
+def _sentences_after(trace: Trace, text: str, kind: str, start: int) -> list:
+    """The sentences of `text`'s thinking (as a Trace like `trace` would cut them) that end after character
+    `start`: a rollout's regenerated sentence and everything after it."""
+    span = _view(trace, text).thinking_span
+    if span is None:
+        return []
+    pieces = segment(text[span[0] : span[1]], kind=kind, offset=span[0], full_text=text)
+    return [p for p in pieces if p.end > start and p.text.strip()]
+
+
 @dataclass(frozen=True)
 class Prefix:
     """Where sentence `sentence`'s rollouts start: `position` (absolute), the text kept (`text`, the
@@ -335,38 +345,23 @@ class RolloutEngine:
     def _decode(self, base_ids: list[int], seeds: list[int], settings: Sampling, cache) -> list[dict]:
         """Decode a batch that continues one prefix (`cache` holds all of it but the last token), dropping
         each row from the batch as soon as it ends (`generate` would keep decoding it in lockstep until the
-        longest row ends). Every step is `generation.AnalyticsSampler`'s: the same warpers, per-token
-        analytics (log-prob, entropy, top-k) and inverse-CDF draw from each row's own uniforms, so a row's
-        tokens equal one `generate` call with its seed."""
-        from mimo_lab.generation import cache_argument, eos_token_ids, sampling_warpers
+        longest row ends). Each step is `generation.AnalyticsSampler`'s (its warpers, analytics and
+        inverse-CDF draw from each row's own uniforms), so a row's tokens equal one `generate` call with
+        its seed."""
+        from mimo_lab.generation import AnalyticsSampler, cache_argument, eos_token_ids
 
-        model, tokenizer = self.lab.model, self.lab.tokenizer
-        device, steps = model.device, settings.max_new_tokens
-        eos = torch.tensor(eos_token_ids(model, tokenizer), device=device)
-        warpers = sampling_warpers(settings)
-        uniforms = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                                for s in seeds]).clamp(min=1e-12).to(device)
-        rows = torch.arange(len(seeds), device=device)  # the batch row of each live rollout
+        model = self.lab.model
+        eos = torch.tensor(eos_token_ids(model, self.lab.tokenizer), device=model.device)
+        sampler = AnalyticsSampler(settings, seeds)
+        sampler.uniforms = sampler._draw(model.device)
+        rows = torch.arange(len(seeds), device=model.device)  # the batch row of each live rollout
         tokens: list[list[int]] = [[] for _ in seeds]
         finish = ["length"] * len(seeds)
-        last = torch.full((len(seeds), 1), base_ids[-1], dtype=torch.long, device=device)
-        for step in range(steps):
+        last = torch.full((len(seeds), 1), base_ids[-1], dtype=torch.long, device=model.device)
+        for _ in range(settings.max_new_tokens):
             scores = model(input_ids=last, use_cache=True, **cache_argument(model, cache)).logits[:, -1, :].float()
-            logprobs = scores.log_softmax(-1)
-            torch.special.entr(logprobs.exp()).sum(-1)  # the analytics a Trace keeps, as the naive loop computes
-            logprobs.topk(min(5, logprobs.shape[-1]), dim=-1)
-            if settings.greedy:
-                chosen = scores.argmax(-1)
-            else:
-                warped = scores
-                for warper in warpers:
-                    warped = warper(last, warped)
-                probs = warped.softmax(-1)
-                torch.special.entr(probs).sum(-1)
-                cdf = probs.double().cumsum(-1)
-                target = uniforms[:, step : step + 1] * cdf[:, -1:]
-                chosen = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-            logprobs.gather(-1, chosen[:, None])
+            sampler(last, scores)
+            chosen = sampler.records["token"][-1]
             ended = torch.isin(chosen, eos)
             for row, token, done in zip(rows.tolist(), chosen.tolist(), ended.tolist(), strict=True):
                 if done:
@@ -378,9 +373,9 @@ class RolloutEngine:
             if bool(ended.any()):
                 keep = (~ended).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
-                rows, uniforms, chosen = rows[keep], uniforms[keep], chosen[keep]
+                rows, chosen, sampler.uniforms = rows[keep], chosen[keep], sampler.uniforms[keep]
             last = chosen[:, None]
-        decoder = TokenDecoder(tokenizer)
+        decoder = TokenDecoder(self.lab.tokenizer)
         return [{"ids": ids, "text": decoder.decode_with_spans(ids)[0], "finish_reason": reason}
                 for ids, reason in zip(tokens, finish, strict=True)]
 
@@ -683,15 +678,8 @@ class Session:
 
     def first_sentence(self, full_text: str, start_char: int) -> str:
         """The sentence of the rollout's thinking that holds its first regenerated character."""
-        view = _view(self.trace, full_text)
-        span = view.thinking_span
-        if span is None or start_char >= span[1]:
-            return ""
-        pieces = segment(full_text[span[0] : span[1]], kind=self.kind, offset=span[0], full_text=full_text)
-        for piece in pieces:
-            if piece.end > start_char:
-                return piece.text.strip()
-        return ""
+        pieces = _sentences_after(self.trace, full_text, self.kind, start_char)
+        return pieces[0].text.strip() if pieces else ""
 
     def ensure(self, kind: str, prefix: Prefix, count: int, *, bar=None) -> list[dict]:
         """The first `count` rollouts of one kind from one prefix, generating what the store lacks."""
@@ -870,13 +858,8 @@ class SentenceImportance:
     # ---- similarity and the dependency matrix (the only place the similarity function runs)
     def _rollout_sentences(self, sentence: int, row: dict) -> list[tuple[int, str]]:
         prefix = self.prefixes[sentence]
-        full = prefix.text + row["text"]
-        view = _view(self.trace, full)
-        span = view.thinking_span
-        if span is None:
-            return []
-        pieces = segment(full[span[0] : span[1]], kind=self.settings["kind"], offset=span[0], full_text=full)
-        return [(p.start, p.text.strip()) for p in pieces if p.end > len(prefix.text) and p.text.strip()]
+        pieces = _sentences_after(self.trace, prefix.text + row["text"], self.settings["kind"], len(prefix.text))
+        return [(p.start, p.text.strip()) for p in pieces]
 
     def score_similarity(self, sim) -> None:
         threshold = self.settings["threshold"]
@@ -1311,10 +1294,7 @@ def _resilience_row(session: Session, prefix: Prefix, k: int, r: int, head: str,
     """A resilience round's record: did a sentence like the original come back in the rollout's thinking
     (at its place or downstream), and how many generated tokens come before it (`cut`)."""
     full = head + result["text"]
-    span = _view(session.trace, full).thinking_span
-    pieces = [] if span is None else [
-        p for p in segment(full[span[0] : span[1]], kind=session.kind, offset=span[0], full_text=full)
-        if p.end > len(head) and p.text.strip()]
+    pieces = _sentences_after(session.trace, full, session.kind, len(head))
     scores = sim([p.text.strip() for p in pieces], [original] * len(pieces)) if pieces else []
     hit = next((p for p, score in zip(pieces, scores, strict=True) if score >= threshold), None)
     cut = None
